@@ -1,0 +1,262 @@
+//! A shard of a model: the layers `start..end`, plus the embedding when it is the first shard and
+//! the final norm and head when it is the last. A whole model is the shard `0..n_layers`.
+
+use std::path::Path;
+
+use candle_core::{quantized::QMatMul, Device, Tensor};
+use exo_protocol::LayerRange;
+
+use crate::{
+    error::{EngineError, Result},
+    kv_cache::KvCache,
+    layers::{last_position, Attention, Block, Embedding, Head, Linear, Mlp, RmsNorm, Rope},
+    models,
+    ops::Activation,
+    source::Source,
+};
+
+/// Hyper-parameters common to the supported architectures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HParams {
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    pub context_length: usize,
+}
+
+/// What an architecture is made of; each file in `models/` reads one of these from metadata.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub arch: String,
+    pub hp: HParams,
+    pub ropes: Vec<Rope>,
+    /// Rope setting and sliding window of each layer.
+    pub layer_attn: Vec<(usize, Option<usize>)>,
+    pub act: Activation,
+    pub attn_scale: f64,
+    pub embed_scale: Option<f64>,
+    pub qk_norm: bool,
+    pub post_norms: bool,
+    /// Hugging Face Gemma stores norm weights minus one.
+    pub norm_plus_one: bool,
+}
+
+/// What a shard consumes.
+pub enum ShardInput<'a> {
+    /// Token ids (first shard).
+    Tokens(&'a [u32]),
+    /// Hidden states `[1, seq, hidden]` from the previous shard.
+    Hidden(Tensor),
+}
+
+/// Which positions the last shard computes logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (perplexity, tests).
+    All,
+}
+
+pub struct ShardModel {
+    spec: Spec,
+    range: LayerRange,
+    embed: Option<Embedding>,
+    blocks: Vec<Block>,
+    head: Option<Head>,
+    windows: Vec<Option<usize>>,
+    device: Device,
+}
+
+impl ShardModel {
+    /// Loads `range` of the model at `path` (a GGUF file or a safetensors directory); `None`
+    /// loads every layer. Only the shard's own tensors are read.
+    pub fn load(path: &Path, range: Option<LayerRange>, device: &Device) -> Result<Self> {
+        let src = Source::open(path)?;
+        Self::from_source(&src, range, device)
+    }
+
+    pub fn from_source(src: &Source, range: Option<LayerRange>, dev: &Device) -> Result<Self> {
+        let spec = models::spec(src)?;
+        let n = spec.hp.n_layers as u32;
+        let range = range.unwrap_or(LayerRange::full(n));
+        if !range.is_valid() || range.n_layers != n {
+            return Err(EngineError::BadShard {
+                range: range.to_string(),
+                n_layers: n,
+            });
+        }
+        let hp = &spec.hp;
+        let norm = |name: &str| -> Result<RmsNorm> {
+            let n = RmsNorm::load(src, name, hp.eps, dev)?;
+            Ok(if spec.norm_plus_one { n.plus_one()? } else { n })
+        };
+        let linear = |name: &str| Linear::load(src, name, dev);
+
+        let embed_table = || -> Result<QMatMul> {
+            Ok(QMatMul::from_arc(std::sync::Arc::new(
+                src.tensor("token_embd.weight", dev)?,
+            ))?)
+        };
+        let mut table = None;
+        let embed = if range.is_first() {
+            let t = embed_table()?;
+            table = Some(t.clone());
+            Some(Embedding {
+                table: t,
+                scale: spec.embed_scale,
+            })
+        } else {
+            None
+        };
+        let head = if range.is_last() {
+            let output = if src.has_tensor("output.weight") {
+                linear("output")?
+            } else {
+                // Tied embeddings: share the table with the embedding when this shard has it.
+                Linear::from_qmatmul(match table {
+                    Some(t) => t,
+                    None => embed_table()?,
+                })
+            };
+            Some(Head {
+                norm: norm("output_norm")?,
+                output,
+            })
+        } else {
+            None
+        };
+
+        let mut blocks = Vec::with_capacity(range.len() as usize);
+        for i in range.start as usize..range.end as usize {
+            let p = format!("blk.{i}");
+            let (rope, window) = spec.layer_attn[i];
+            let opt_norm = |on: bool, name: &str| -> Result<Option<RmsNorm>> {
+                on.then(|| norm(&format!("{p}.{name}"))).transpose()
+            };
+            blocks.push(Block {
+                attn_norm: norm(&format!("{p}.attn_norm"))?,
+                attn: Attention {
+                    q: linear(&format!("{p}.attn_q"))?,
+                    k: linear(&format!("{p}.attn_k"))?,
+                    v: linear(&format!("{p}.attn_v"))?,
+                    o: linear(&format!("{p}.attn_output"))?,
+                    q_norm: opt_norm(spec.qk_norm, "attn_q_norm")?,
+                    k_norm: opt_norm(spec.qk_norm, "attn_k_norm")?,
+                    n_head: hp.n_head,
+                    n_kv_head: hp.n_kv_head,
+                    head_dim: hp.head_dim,
+                    scale: spec.attn_scale,
+                    rope,
+                    window,
+                },
+                post_attn_norm: opt_norm(spec.post_norms, "post_attention_norm")?,
+                ffn_norm: norm(&format!("{p}.ffn_norm"))?,
+                mlp: Mlp {
+                    gate: linear(&format!("{p}.ffn_gate"))?,
+                    up: linear(&format!("{p}.ffn_up"))?,
+                    down: linear(&format!("{p}.ffn_down"))?,
+                    act: spec.act,
+                },
+                post_ffn_norm: opt_norm(spec.post_norms, "post_ffw_norm")?,
+            });
+        }
+        let mut windows: Vec<Option<usize>> = blocks.iter().map(|b| b.attn.window).collect();
+        windows.sort();
+        windows.dedup();
+        tracing::debug!(arch = %spec.arch, %range, path = %src.path().display(), "shard loaded");
+        Ok(Self {
+            spec,
+            range,
+            embed,
+            blocks,
+            head,
+            windows,
+            device: dev.clone(),
+        })
+    }
+
+    pub fn range(&self) -> LayerRange {
+        self.range
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.blocks.len())
+    }
+
+    /// Runs the shard on `input` at the cache's position. Returns hidden states `[1, seq, hidden]`
+    /// or, on the last shard, logits `[1, positions, vocab]`.
+    pub fn forward(
+        &self,
+        input: ShardInput<'_>,
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let mut x = match (input, &self.embed) {
+            (ShardInput::Tokens(ids), Some(embed)) => {
+                let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+                embed.forward(&ids)?
+            }
+            (ShardInput::Hidden(h), None) => h,
+            (ShardInput::Tokens(_), None) => {
+                return Err(EngineError::Invalid(format!(
+                    "shard {} does not start at layer 0 and cannot take token ids",
+                    self.range
+                )))
+            }
+            (ShardInput::Hidden(_), Some(_)) => {
+                return Err(EngineError::Invalid(format!(
+                    "shard {} is the first shard and takes token ids, not hidden states",
+                    self.range
+                )))
+            }
+        };
+        let (_, seq, hidden) = x.dims3()?;
+        if hidden != self.spec.hp.hidden {
+            return Err(EngineError::Invalid(format!(
+                "hidden states of width {hidden} for a model of width {}",
+                self.spec.hp.hidden
+            )));
+        }
+        let pos = cache.position();
+        let context = self.spec.hp.context_length;
+        if pos + seq > context {
+            return Err(EngineError::ContextFull {
+                needed: pos + seq,
+                context,
+            });
+        }
+        let ctx = crate::layers::StepContext::new(
+            &self.spec.ropes,
+            &self.windows,
+            pos,
+            seq,
+            &self.device,
+        )?;
+        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(&x, &self.spec.ropes, &ctx, kv)?;
+        }
+        cache.advance(seq);
+        match &self.head {
+            Some(head) => {
+                let x = match logits {
+                    Logits::Last => last_position(&x)?,
+                    Logits::All => x,
+                };
+                Ok(head.forward(&x)?)
+            }
+            None => Ok(x),
+        }
+    }
+}

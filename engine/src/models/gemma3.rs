@@ -1,0 +1,91 @@
+//! Gemma 3 (text): GeGLU feed-forward, Q/K norms, norms after attention and MLP, embeddings
+//! scaled by sqrt(hidden), and sliding-window attention on five of every six layers with their
+//! own rope base. Numerics follow llama.cpp's `gemma3` graph.
+
+use crate::{
+    error::Result,
+    layers::{Rope, RopeStyle},
+    model::Spec,
+    ops::Activation,
+    source::Source,
+};
+
+pub fn spec(src: &Source) -> Result<Spec> {
+    let hp = super::hparams(src, "gemma3")?;
+    let gguf = src.is_gguf();
+    let f32_key = |g: &str, h: &str| {
+        if gguf {
+            src.meta_f32_opt(&format!("gemma3.{g}"))
+        } else {
+            src.meta_f32_opt(h)
+        }
+    };
+    let u32_key = |g: &str, h: &str| {
+        if gguf {
+            src.meta_u32_opt(&format!("gemma3.{g}"))
+        } else {
+            src.meta_u32_opt(h)
+        }
+    };
+    let window = u32_key("attention.sliding_window", "sliding_window").unwrap_or(512) as usize;
+    // Every `pattern`-th layer attends globally; the others use the sliding window.
+    let pattern = u32_key("attention.sliding_window_pattern", "sliding_window_pattern")
+        .unwrap_or(6)
+        .max(1) as usize;
+    let rope = |base: f32, freq_scale: f32| Rope {
+        style: RopeStyle::Neox,
+        dim: hp.head_dim,
+        base,
+        freq_scale,
+        freq_factors: None,
+    };
+    let global_factor = f32_key("rope.scaling.factor", "").unwrap_or_else(|| {
+        // config.json: {"rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+        src.meta("rope_scaling")
+            .and_then(|m| match m {
+                crate::source::Meta::Json(v) => v["factor"].as_f64().map(|f| f as f32),
+                _ => None,
+            })
+            .unwrap_or(1.0)
+    });
+    let ropes = vec![
+        rope(
+            f32_key("rope.freq_base_swa", "rope_local_base_freq").unwrap_or(10_000.0),
+            1.0,
+        ),
+        rope(
+            f32_key("rope.freq_base", "rope_theta").unwrap_or(1_000_000.0),
+            1.0 / global_factor,
+        ),
+    ];
+    let layer_attn = (0..hp.n_layers)
+        .map(|il| {
+            if pattern == 1 || il % pattern < pattern - 1 {
+                (0, Some(window))
+            } else {
+                (1, None)
+            }
+        })
+        .collect();
+    // Gemma 3 27B scales queries by 1/sqrt(hidden / heads); the others by 1/sqrt(head_dim).
+    let query_scalar = u32_key("", "query_pre_attn_scalar")
+        .filter(|_| !gguf)
+        .map(|v| v as f64)
+        .unwrap_or(if hp.n_layers == 62 {
+            (hp.hidden / hp.n_head) as f64
+        } else {
+            hp.head_dim as f64
+        });
+    Ok(Spec {
+        arch: "gemma3".into(),
+        ropes,
+        layer_attn,
+        act: Activation::GeluTanh,
+        attn_scale: 1.0 / query_scalar.sqrt(),
+        embed_scale: Some((hp.hidden as f64).sqrt()),
+        qk_norm: true,
+        post_norms: true,
+        norm_plus_one: !gguf,
+        hp,
+    })
+}

@@ -1,0 +1,36 @@
+//! Qwen2 / Qwen2.5: Llama's block with biases on Q, K and V and NeoX rope.
+
+use crate::{
+    error::Result,
+    layers::{Rope, RopeStyle},
+    model::Spec,
+    ops::Activation,
+    source::Source,
+};
+
+pub fn spec(src: &Source) -> Result<Spec> {
+    let hp = super::hparams(src, "qwen2")?;
+    let base = if src.is_gguf() {
+        src.meta_f32_opt("qwen2.rope.freq_base")
+    } else {
+        src.meta_f32_opt("rope_theta")
+    };
+    Ok(Spec {
+        arch: "qwen2".into(),
+        ropes: vec![Rope {
+            style: RopeStyle::Neox,
+            dim: hp.head_dim,
+            base: base.unwrap_or(1_000_000.0),
+            freq_scale: 1.0,
+            freq_factors: None,
+        }],
+        layer_attn: super::uniform_layers(hp.n_layers),
+        act: Activation::Silu,
+        attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
+        embed_scale: None,
+        qk_norm: false,
+        post_norms: false,
+        norm_plus_one: false,
+        hp,
+    })
+}

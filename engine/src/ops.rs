@@ -1,0 +1,197 @@
+//! Element-wise ops with ggml's exact numerics, so greedy output matches llama.cpp token for
+//! token: RMS norm summed in f64, GELU through ggml's f16 lookup table, and fused gated
+//! activations (`act(gate) * up` in one pass).
+
+use std::sync::OnceLock;
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+/// Rows at or above this many elements are processed in parallel.
+const PAR_MIN: usize = 1 << 14;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "ggml-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "rms_norm")?;
+        let w = contiguous_f32(s2, l2, "rms_norm weight")?;
+        let n = *l1.dims().last().unwrap_or(&0);
+        if w.len() != n || n == 0 {
+            candle_core::bail!("rms_norm: weight of {} for rows of {n}", w.len())
+        }
+        let mut out = vec![0f32; x.len()];
+        let row = |(src, dst): (&[f32], &mut [f32])| {
+            let sum: f64 = src.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let mean = (sum / n as f64) as f32;
+            let scale = 1.0 / (mean + self.eps).sqrt();
+            for ((d, &s), &w) in dst.iter_mut().zip(src).zip(w) {
+                *d = (s * scale) * w;
+            }
+        };
+        if x.len() >= PAR_MIN {
+            x.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(row);
+        } else {
+            x.chunks(n).zip(out.chunks_mut(n)).for_each(row);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &RmsNorm { eps })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU, as in Llama and Qwen2 (SwiGLU).
+    Silu,
+    /// GELU with the tanh approximation, as in Gemma (GeGLU).
+    GeluTanh,
+}
+
+fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// ggml evaluates GELU through a table indexed by the input rounded to f16, holding f16 results.
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_f32(f16::from_bits(bits).to_f32())))
+            .collect()
+    })
+}
+
+fn gelu_ggml(table: &[f16], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[f16::from_f32(x).to_bits() as usize].to_f32()
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `act(gate) * up` in one pass.
+struct Gated(Activation);
+
+impl CustomOp2 for Gated {
+    fn name(&self) -> &'static str {
+        "gated-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gate = contiguous_f32(s1, l1, "gated activation")?;
+        let up = contiguous_f32(s2, l2, "gated activation")?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("gate {:?} and up {:?} differ", l1.shape(), l2.shape())
+        }
+        let mut out = vec![0f32; gate.len()];
+        let act = self.0;
+        let table = gelu_table();
+        let run = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| match act {
+            Activation::Silu => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = silu(g) * u;
+                }
+            }
+            Activation::GeluTanh => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = gelu_ggml(table, g) * u;
+                }
+            }
+        };
+        const CHUNK: usize = 4096;
+        if gate.len() >= PAR_MIN {
+            out.par_chunks_mut(CHUNK)
+                .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+                .for_each(run);
+        } else {
+            run((&mut out, (gate, up)));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+pub fn gated(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?
+        .apply_op2_no_bwd(&up.contiguous()?, &Gated(act))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn rms_norm_matches_formula() -> Result<()> {
+        let x = Tensor::new(&[[1f32, 2., 3., 4.], [0.5, -0.5, 0.25, 8.0]], &Device::Cpu)?;
+        let w = Tensor::new(&[1f32, 0.5, 2., -1.], &Device::Cpu)?;
+        let got = rms_norm(&x, &w, 1e-6)?.to_vec2::<f32>()?;
+        let want = candle_nn::ops::rms_norm_slow(&x, &w, 1e-6)?.to_vec2::<f32>()?;
+        for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gated_activations_match_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let g = Tensor::new(&[-12f32, -1.0, -0.1, 0.0, 0.3, 2.0, 11.0], &dev)?;
+        let u = Tensor::new(&[1f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], &dev)?;
+        let silu = gated(Activation::Silu, &g, &u)?.to_vec1::<f32>()?;
+        let want = (candle_nn::ops::silu(&g)? * &u)?.to_vec1::<f32>()?;
+        for (a, b) in silu.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let gelu = gated(Activation::GeluTanh, &g, &u)?.to_vec1::<f32>()?;
+        let want = (g.gelu()? * &u)?.to_vec1::<f32>()?;
+        for (a, b) in gelu.iter().zip(&want) {
+            // The f16 table costs up to ~1e-3 relative; ggml accepts that and so do we.
+            assert!((a - b).abs() <= 2e-3 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        assert_eq!(gelu[0], 0.0);
+        assert_eq!(gelu[6], 11.0 * 7.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! Activation frames: what one shard sends the next.
+//!
+//! The node that takes a request (the driver) sends token ids to the first stage of its plan.
+//! Each stage runs its layers and forwards the hidden states to the next stage as a new request,
+//! awaiting that stage's reply; the last stage samples and replies with only the token id, which
+//! travels back down the chain to the driver.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{shard::Plan, PROTOCOL_VERSION};
+
+/// Largest activation frame a node accepts (a 4096-wide f32 hidden state for 4096 prompt
+/// tokens is 64 MiB; longer prompts are sent in chunks).
+pub const MAX_FRAME_BYTES: usize = 80 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationRequest {
+    pub v: u16,
+    /// Chosen by the driver; with `driver` it names the request's KV cache on every stage.
+    pub request_id: u64,
+    /// Peer id of the driving node.
+    pub driver: String,
+    pub plan: Plan,
+    /// Index in `plan.stages` of the stage this frame is for.
+    pub stage: u32,
+    /// Sequence position of the frame's first token. Position 0 starts a fresh KV cache.
+    pub position: u32,
+    /// Token ids of the positions this frame covers: the first stage embeds them, the last
+    /// stage feeds its repetition penalty with them.
+    pub tokens: Vec<u32>,
+    pub payload: Payload,
+    /// Applied by the last stage.
+    pub sampling: SamplingParams,
+}
+
+impl ActivationRequest {
+    pub fn new(
+        request_id: u64,
+        driver: String,
+        plan: Plan,
+        position: u32,
+        tokens: Vec<u32>,
+        payload: Payload,
+        sampling: SamplingParams,
+    ) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            request_id,
+            driver,
+            plan,
+            stage: 0,
+            position,
+            tokens,
+            payload,
+            sampling,
+        }
+    }
+
+    /// The same request addressed to the next stage, carrying `payload`.
+    pub fn next_stage(&self, payload: Payload) -> Self {
+        Self {
+            stage: self.stage + 1,
+            payload,
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Payload {
+    /// The request's `tokens`, for the first stage.
+    Tokens,
+    /// Hidden states `[batch, seq, hidden]` for a later stage.
+    Hidden(TensorFrame),
+    /// The request is over: free its KV cache on this stage and pass the release on.
+    Release,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TensorDType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl TensorDType {
+    pub fn size(self) -> usize {
+        match self {
+            TensorDType::F32 => 4,
+            TensorDType::F16 | TensorDType::BF16 => 2,
+        }
+    }
+}
+
+/// A tensor as raw little-endian bytes.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorFrame {
+    pub dtype: TensorDType,
+    pub shape: Vec<u32>,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for TensorFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TensorFrame({:?} {:?}, {} bytes)",
+            self.dtype,
+            self.shape,
+            self.data.len()
+        )
+    }
+}
+
+impl TensorFrame {
+    /// Checks that the byte length matches dtype and shape (a peer could send anything).
+    pub fn validate(&self) -> Result<(), String> {
+        let elems = self
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .ok_or("tensor shape overflows")?;
+        let want = elems
+            .checked_mul(self.dtype.size())
+            .ok_or("tensor shape overflows")?;
+        if want != self.data.len() {
+            return Err(format!(
+                "tensor {:?} {:?} needs {want} bytes, frame has {}",
+                self.dtype,
+                self.shape,
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sampling settings, applied by the last stage of the ring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// 0 disables top-k.
+    pub top_k: u32,
+    /// 1.0 disables top-p.
+    pub top_p: f32,
+    /// 0.0 disables min-p.
+    pub min_p: f32,
+    /// 1.0 disables the repetition penalty.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repeat_last_n: u32,
+    pub seed: u64,
+    /// Return the log-probability of each sampled token.
+    pub logprobs: bool,
+    /// Also return this many most likely alternatives (at most 20).
+    pub top_logprobs: u8,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+            logprobs: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+}
+
+/// A sampled token and, when asked, its log-probability and the top alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenOut {
+    pub id: u32,
+    pub logprob: Option<f32>,
+    #[serde(default)]
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Malformed frame, wrong stage, position out of sync.
+    BadRequest,
+    /// The stage could not load its layers (missing model, out of memory).
+    Load,
+    /// A forward pass failed.
+    Compute,
+    /// The next peer in the ring could not be reached or did not answer in time.
+    Unreachable,
+    /// The stage has reached a limit (concurrent requests, KV memory, context length).
+    Busy,
+    ContextFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Token(TokenOut),
+    Released,
+    Error {
+        kind: ErrorKind,
+        /// Peer id of the stage that failed.
+        peer: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationResponse {
+    pub v: u16,
+    pub outcome: Outcome,
+}
+
+impl ActivationResponse {
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            outcome,
+        }
+    }
+    pub fn error(kind: ErrorKind, peer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Outcome::Error {
+            kind,
+            peer: peer.into(),
+            message: message.into(),
+        })
+    }
+}

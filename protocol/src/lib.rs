@@ -1,0 +1,24 @@
+//! Wire types shared by every exo-p2p node.
+//!
+//! Everything that crosses the network is a CBOR value (cbor4ii + serde) carrying an explicit
+//! version, decoded with a size limit. Tensors travel as raw little-endian bytes with dtype and
+//! shape, never float by float.
+
+pub mod activation;
+pub mod capability;
+pub mod codec;
+pub mod partition;
+pub mod shard;
+
+pub use activation::{
+    ActivationRequest, ActivationResponse, ErrorKind, Outcome, Payload, SamplingParams,
+    TensorDType, TensorFrame, TokenOut, MAX_FRAME_BYTES,
+};
+pub use capability::{CapabilityRecord, FileOffer, LoadedShard, ModelOffer};
+pub use codec::{decode, encode, CodecError};
+pub use partition::{partition, PartitionError, RingNode};
+pub use shard::{LayerRange, Plan, Stage};
+
+/// Version of every message type defined in this crate. A peer speaking another version is
+/// rejected with [`CodecError::Version`] instead of being misread.
+pub const PROTOCOL_VERSION: u16 = 1;
