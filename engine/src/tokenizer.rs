@@ -68,11 +68,21 @@ fn numbers(src: &Source, key: &str) -> Option<Vec<f64>> {
             .ok()?
             .iter()
             .map(|v| {
-                v.to_f64()
-                    .ok()
-                    .or(v.to_f32().ok().map(f64::from))
-                    .or(v.to_i64().ok().map(|x| x as f64))
-                    .or(v.to_i32().ok().map(f64::from))
+                use candle_core::quantized::gguf_file::Value as V;
+                // Matching directly: candle's failing `to_*` conversions format an error each.
+                Some(match *v {
+                    V::F32(x) => x as f64,
+                    V::F64(x) => x,
+                    V::I32(x) => x as f64,
+                    V::U32(x) => x as f64,
+                    V::I64(x) => x as f64,
+                    V::U64(x) => x as f64,
+                    V::I8(x) => x as f64,
+                    V::U8(x) => x as f64,
+                    V::I16(x) => x as f64,
+                    V::U16(x) => x as f64,
+                    _ => return None,
+                })
             })
             .collect(),
         Meta::Json(_) => None,
