@@ -52,7 +52,8 @@ impl Source {
         let content =
             gguf_file::Content::read(&mut reader).map_err(|e| EngineError::NotAModel {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
+                // candle appends a backtrace when RUST_BACKTRACE is set; keep the message.
+                reason: e.to_string().lines().next().unwrap_or_default().to_string(),
             })?;
         Ok(Source::Gguf {
             path: path.to_path_buf(),

@@ -1,1 +1,53 @@
-fn main() {}
+//! The `exo-p2p` binary: command-line parsing and dispatch only.
+
+mod bench;
+mod cli;
+mod generate;
+mod local;
+mod logging;
+mod run;
+mod threads;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run(_) | Command::Bench(_) => "warn",
+    };
+    logging::init(default_level);
+    let threads = threads::configure(cli.threads);
+    let result = match cli.command {
+        Command::Bench(args) => bench::bench(args, threads),
+        Command::Run(args) => runtime().block_on(run::run(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line: the error and its causes.
+            eprintln!("error: {}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime")
+}
+
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        // Some library errors append a backtrace (RUST_BACKTRACE); keep their first line.
+        let s = cause.to_string().lines().next().unwrap_or_default().to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,40 @@
+//! A [`Stepper`] over shards in this process (the whole model is a ring of one).
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use anyhow::Result;
+use exo_engine::LocalRing;
+use exo_protocol::{SamplingParams, TokenOut};
+
+use crate::generate::Stepper;
+
+pub struct LocalStepper {
+    ring: Arc<LocalRing>,
+    key: String,
+}
+
+impl LocalStepper {
+    pub fn new(ring: Arc<LocalRing>) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self {
+            ring,
+            key: format!("local-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Stepper for LocalStepper {
+    async fn step(&mut self, position: usize, tokens: &[u32], sampling: &SamplingParams) -> Result<TokenOut> {
+        let (ring, key, tokens, sampling) =
+            (self.ring.clone(), self.key.clone(), tokens.to_vec(), sampling.clone());
+        // Forward passes are CPU-bound: keep them off the async runtime.
+        Ok(tokio::task::spawn_blocking(move || ring.step(&key, position, &tokens, &sampling)).await??)
+    }
+
+    async fn release(&mut self) {
+        self.ring.release(&self.key);
+    }
+}

@@ -1,0 +1,81 @@
+//! `exo-p2p run`: one prompt, streamed to stdout.
+
+use std::{
+    io::{IsTerminal, Write},
+    sync::Arc,
+};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use exo_engine::{ChatMessage, LocalRing, ModelInfo};
+use exo_protocol::SamplingParams;
+
+use crate::{
+    cli::{RunArgs, SamplingArgs},
+    generate::{generate, GenerateParams},
+    local::LocalStepper,
+};
+
+impl SamplingArgs {
+    pub fn params(&self) -> GenerateParams {
+        GenerateParams {
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                seed: self.seed.unwrap_or_else(rand_seed),
+                ..SamplingParams::default()
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let path = args.model.clone();
+    let (info, ring) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let info = ModelInfo::load(&path)?;
+        let ring = LocalRing::load(&path, 1, &Device::Cpu)?;
+        Ok((info, ring))
+    })
+    .await??;
+    let prompt = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", &args.prompt));
+        info.encode_chat(&messages)?
+    } else {
+        info.encode_prompt(&args.prompt)?
+    };
+    if prompt.len() >= info.context_length() {
+        anyhow::bail!(
+            "the prompt is {} tokens but {} holds at most {} tokens of context",
+            prompt.len(),
+            info.id,
+            info.context_length()
+        );
+    }
+    let mut stepper = LocalStepper::new(Arc::new(ring));
+    let mut stdout = std::io::stdout();
+    let summary = generate(&mut stepper, &info.tokenizer, &prompt, &args.sampling.params(), |d| {
+        // A closed stdout (e.g. `| head`) ends the generation.
+        stdout.write_all(d.text.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+    })
+    .await
+    .context("generation failed")?;
+    if stdout.is_terminal() {
+        println!();
+    }
+    tracing::debug!(?summary, "run finished");
+    Ok(())
+}
