@@ -89,7 +89,9 @@ async fn run<S: Stepper>(
         if !keep_going {
             anyhow::bail!("generation cancelled");
         }
-        token = stepper.step(position, &[token.id], &params.sampling).await?;
+        token = stepper
+            .step(position, &[token.id], &params.sampling)
+            .await?;
         position += 1;
     };
     let completion = stream.generated();

@@ -27,11 +27,23 @@ impl LocalStepper {
 }
 
 impl Stepper for LocalStepper {
-    async fn step(&mut self, position: usize, tokens: &[u32], sampling: &SamplingParams) -> Result<TokenOut> {
-        let (ring, key, tokens, sampling) =
-            (self.ring.clone(), self.key.clone(), tokens.to_vec(), sampling.clone());
+    async fn step(
+        &mut self,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<TokenOut> {
+        let (ring, key, tokens, sampling) = (
+            self.ring.clone(),
+            self.key.clone(),
+            tokens.to_vec(),
+            sampling.clone(),
+        );
         // Forward passes are CPU-bound: keep them off the async runtime.
-        Ok(tokio::task::spawn_blocking(move || ring.step(&key, position, &tokens, &sampling)).await??)
+        Ok(
+            tokio::task::spawn_blocking(move || ring.step(&key, position, &tokens, &sampling))
+                .await??,
+        )
     }
 
     async fn release(&mut self) {

@@ -44,7 +44,12 @@ fn error_chain(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         // Some library errors append a backtrace (RUST_BACKTRACE); keep their first line.
-        let s = cause.to_string().lines().next().unwrap_or_default().to_string();
+        let s = cause
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }

@@ -67,10 +67,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let mut stepper = LocalStepper::new(Arc::new(ring));
     let mut stdout = std::io::stdout();
-    let summary = generate(&mut stepper, &info.tokenizer, &prompt, &args.sampling.params(), |d| {
-        // A closed stdout (e.g. `| head`) ends the generation.
-        stdout.write_all(d.text.as_bytes()).and_then(|_| stdout.flush()).is_ok()
-    })
+    let summary = generate(
+        &mut stepper,
+        &info.tokenizer,
+        &prompt,
+        &args.sampling.params(),
+        |d| {
+            // A closed stdout (e.g. `| head`) ends the generation.
+            stdout
+                .write_all(d.text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
+        },
+    )
     .await
     .context("generation failed")?;
     if stdout.is_terminal() {

@@ -32,6 +32,8 @@ pub fn configure(threads: Option<usize>) -> usize {
     let n = threads.filter(|&n| n > 0).unwrap_or_else(physical_cores);
     // candle reads RAYON_NUM_THREADS on every matmul unless it is set; rayon reads it once.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     n
 }

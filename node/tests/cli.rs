@@ -9,16 +9,25 @@ fn exo() -> Command {
 }
 
 fn test_model(name: &str) -> PathBuf {
-    let dir = std::env::var("EXO_TEST_MODELS").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/exo-p2p/test-models")
-    });
+    let dir = std::env::var("EXO_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/exo-p2p/test-models")
+        });
     let p = dir.join(name);
-    assert!(p.exists(), "{} missing: run scripts/fetch-test-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/fetch-test-models.sh",
+        p.display()
+    );
     p
 }
 
 fn reference(model: &str, prompt: &str) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/llamacpp-greedy.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/llamacpp-greedy.jsonl"
+    );
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -36,10 +45,21 @@ fn run_streams_only_the_generated_text() {
     let out = exo()
         .args(["run"])
         .arg(test_model(model))
-        .args(["--prompt", "The quick brown fox", "--max-tokens", "32", "--temperature", "0"])
+        .args([
+            "--prompt",
+            "The quick brown fox",
+            "--max-tokens",
+            "32",
+            "--temperature",
+            "0",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout, reference(model, "The quick brown fox"));
 }
@@ -49,34 +69,64 @@ fn run_chat_applies_the_template_and_stops_at_end_of_turn() {
     let out = exo()
         .args(["run"])
         .arg(test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
-        .args(["--chat", "-p", "What is 2+2? Answer with one number.", "-n", "64", "--temperature", "0"])
+        .args([
+            "--chat",
+            "-p",
+            "What is 2+2? Answer with one number.",
+            "-n",
+            "64",
+            "--temperature",
+            "0",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains('4'), "{stdout:?}");
-    assert!(!stdout.contains("<|im_end|>") && !stdout.contains("<|im_start|>"), "{stdout:?}");
+    assert!(
+        !stdout.contains("<|im_end|>") && !stdout.contains("<|im_start|>"),
+        "{stdout:?}"
+    );
 }
 
 fn assert_one_line_error(out: std::process::Output, needle: &str) {
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "stderr: {stderr}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "stderr: {stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "stderr: {stderr}"
+    );
 }
 
 #[test]
 fn missing_file_is_one_clear_error() {
-    let out = exo().args(["run", "/no/such/model.gguf", "-p", "hi"]).output().unwrap();
+    let out = exo()
+        .args(["run", "/no/such/model.gguf", "-p", "hi"])
+        .output()
+        .unwrap();
     assert_one_line_error(out, "/no/such/model.gguf");
 }
 
 #[test]
 fn non_gguf_file_is_one_clear_error() {
     let out = exo()
-        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "-p", "hi"])
+        .args([
+            "run",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            "-p",
+            "hi",
+        ])
         .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
@@ -94,7 +144,12 @@ fn unsupported_architecture_is_one_clear_error() {
         &[],
     )
     .unwrap();
-    let out = exo().arg("run").arg(&path).args(["-p", "hi"]).output().unwrap();
+    let out = exo()
+        .arg("run")
+        .arg(&path)
+        .args(["-p", "hi"])
+        .output()
+        .unwrap();
     std::fs::remove_file(&path).unwrap();
     assert_one_line_error(out, "architecture `mamba`");
 }

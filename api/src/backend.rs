@@ -1,0 +1,130 @@
+//! What the HTTP API needs from a node. The node implements [`Backend`]; the API never depends
+//! on the node crate.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// A model the backend can serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    /// Who serves it: `exo-p2p` for the mesh, the provider name for upstream models.
+    pub owned_by: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub context_length: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// A plain prompt (`/v1/completions`).
+    Text(String),
+    /// A conversation, rendered through the model's chat template (`/v1/chat/completions`).
+    Chat(Vec<ChatMessage>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// Unique id of this request (also used in logs).
+    pub request_id: String,
+    pub model: String,
+    pub prompt: Prompt,
+    /// None: until end of generation or the context is full.
+    pub max_tokens: Option<usize>,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: u32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    /// Return each token's log-probability.
+    pub logprobs: bool,
+    /// Also return this many alternatives per token (0-20).
+    pub top_logprobs: u8,
+}
+
+/// An alternative token and its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// New text (possibly empty while a character or stop string is incomplete).
+    Delta {
+        text: String,
+        /// The sampled token's text and log-probability, when logprobs were asked for.
+        logprob: Option<TokenLogprob>,
+        top_logprobs: Vec<TokenLogprob>,
+    },
+    /// The generation ended normally.
+    Done {
+        /// `stop` or `length`.
+        finish_reason: String,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    /// The generation failed after it started.
+    Error(BackendError),
+}
+
+/// A running generation. Dropping `events` cancels it on every node involved.
+pub struct Generation {
+    pub prompt_tokens: usize,
+    pub events: mpsc::Receiver<GenerationEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// 404
+    #[error("model `{0}` does not exist")]
+    ModelNotFound(String),
+    /// 400
+    #[error("{0}")]
+    BadRequest(String),
+    /// 400, code `context_length_exceeded`
+    #[error("this model's maximum context length is {context} tokens, the request needs {needed}")]
+    ContextLength { needed: usize, context: usize },
+    /// 429
+    #[error("{0}")]
+    Busy(String),
+    /// 503: the mesh cannot serve the model right now (no plan fits, peers missing).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub ready: bool,
+    pub peer_id: String,
+    pub version: String,
+}
+
+/// The node behind the API.
+pub trait Backend: Send + Sync + 'static {
+    /// Models the mesh can serve now.
+    fn models(&self) -> BoxFuture<'_, Vec<ModelCard>>;
+    /// Starts a generation; errors before the first token come back here.
+    fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<Generation, BackendError>>;
+    /// `GET /v1/topology`: this node, every known node and the ring per model.
+    fn topology(&self) -> BoxFuture<'_, serde_json::Value>;
+    /// `GET /v1/downloads`: model download progress.
+    fn downloads(&self) -> BoxFuture<'_, serde_json::Value>;
+    fn health(&self) -> BoxFuture<'_, Health>;
+    /// `GET /metrics`: Prometheus text exposition.
+    fn metrics(&self) -> BoxFuture<'_, String>;
+}
