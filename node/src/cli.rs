@@ -29,10 +29,84 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Generate text for one prompt and print it to stdout as it is produced.
+    /// Run a node until Ctrl-C: join the mesh, hold layers, serve the OpenAI-compatible API.
+    Serve(ServeArgs),
+    /// Generate text for one prompt and print it to stdout as it is produced (alone, or over
+    /// the ring of nodes given with --peer/--wait-peers).
     Run(RunArgs),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(BenchArgs),
+    /// Print this node's peer id (creating its identity on first use).
+    Id,
+}
+
+/// How a node joins the mesh.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MeshArgs {
+    /// Address to listen on for peers (repeatable). Default: TCP and QUIC on port 52416 for
+    /// `serve`, a free port for `run`.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "EXO_LISTEN",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// A peer to connect to and keep connected (repeatable), e.g.
+    /// /ip4/192.168.1.20/tcp/52416 or with a /p2p/<peer id> suffix.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "EXO_PEERS",
+        value_delimiter = ','
+    )]
+    pub peer: Vec<libp2p::Multiaddr>,
+    /// A Kademlia bootstrap node, for finding peers across networks (repeatable).
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "EXO_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long, env = "EXO_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Find peers through Tailscale (`tailscale status --json`).
+    #[arg(long, env = "EXO_TAILSCALE")]
+    pub tailscale: bool,
+    /// Memory this node offers for model layers (bytes, or 16G, 512MiB...), instead of the
+    /// machine's total. Layers are split in proportion to it.
+    #[arg(long, value_name = "BYTES", env = "EXO_MEMORY", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    crate::sysinfo::parse_bytes(s)
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A model this node can serve: a .gguf file or safetensors directory (repeatable).
+    #[arg(long, value_name = "MODEL", env = "EXO_MODELS", value_delimiter = ',')]
+    pub model: Vec<PathBuf>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// Port of the HTTP API.
+    #[arg(long, default_value_t = 52415, env = "EXO_API_PORT")]
+    pub api_port: u16,
+    /// Address the HTTP API binds to.
+    #[arg(long, default_value = "0.0.0.0", env = "EXO_API_HOST")]
+    pub api_host: String,
+    /// Require `Authorization: Bearer KEY` on every /v1 route.
+    #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Generations this node drives at once; more get HTTP 429.
+    #[arg(long, default_value_t = 8, env = "EXO_MAX_CONCURRENT")]
+    pub max_concurrent: usize,
+    /// OpenAI-compatible upstream providers for models the mesh does not serve (TOML or JSON).
+    #[arg(long, value_name = "FILE", env = "EXO_UPSTREAM_CONFIG")]
+    pub upstream_config: Option<PathBuf>,
 }
 
 /// Sampling and length settings of a generation.
@@ -79,6 +153,22 @@ pub struct RunArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// Wait until this many other nodes serving MODEL are in the topology, then run over the
+    /// ring of all of them.
+    #[arg(long, default_value_t = 0)]
+    pub wait_peers: usize,
+    /// How long to wait for --wait-peers, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub wait_timeout: u64,
+}
+
+impl MeshArgs {
+    /// Whether any flag asks to join a mesh.
+    pub fn joins(&self) -> bool {
+        !self.peer.is_empty() || !self.bootstrap.is_empty() || self.tailscale
+    }
 }
 
 #[derive(Args, Debug)]

@@ -11,8 +11,10 @@ pub fn init(default_level: &str) {
         Ok(s) if !s.is_empty() => EnvFilter::new(s),
         _ => EnvFilter::new(filter_for(debug_level(), default_level)),
     };
+    use std::io::IsTerminal;
     fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -3,10 +3,19 @@
 mod bench;
 mod cli;
 mod generate;
+mod host;
+mod identity;
 mod local;
 mod logging;
+mod models;
+mod network;
+mod node;
+mod ring;
 mod run;
+mod serve;
+mod sysinfo;
 mod threads;
+mod topology;
 
 use clap::Parser;
 
@@ -15,13 +24,18 @@ use crate::cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run(_) | Command::Bench(_) => "warn",
+        Command::Run(_) | Command::Bench(_) | Command::Id => "warn",
+        Command::Serve(_) => "info",
     };
     logging::init(default_level);
     let threads = threads::configure(cli.threads);
     let result = match cli.command {
         Command::Bench(args) => bench::bench(args, threads),
-        Command::Run(args) => runtime().block_on(run::run(args)),
+        Command::Run(args) => runtime().block_on(run::run(args, threads)),
+        Command::Serve(args) => runtime().block_on(serve::serve(args, threads)),
+        Command::Id => identity::load_or_create(&identity::exo_home()).map(|k| {
+            println!("{}", k.public().to_peer_id());
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 use std::{
     io::{IsTerminal, Write},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -12,8 +13,10 @@ use exo_protocol::SamplingParams;
 
 use crate::{
     cli::{RunArgs, SamplingArgs},
-    generate::{generate, GenerateParams},
+    generate::{generate, GenerateParams, Stepper},
     local::LocalStepper,
+    node::Node,
+    ring::RingStepper,
 };
 
 impl SamplingArgs {
@@ -39,7 +42,10 @@ fn rand_seed() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+pub async fn run(args: RunArgs, threads: usize) -> Result<()> {
+    if args.mesh.joins() || args.wait_peers > 0 {
+        return run_on_ring(args, threads).await;
+    }
     let path = args.model.clone();
     let (info, ring) = tokio::task::spawn_blocking(move || -> Result<_> {
         let info = ModelInfo::load(&path)?;
@@ -47,6 +53,46 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Ok((info, ring))
     })
     .await??;
+    let prompt = encode(&args, &info)?;
+    let stepper = LocalStepper::new(Arc::new(ring));
+    stream_to_stdout(stepper, &info, &prompt, &args).await
+}
+
+/// Joins the mesh, waits for the peers asked for, and runs over the ring of every node that
+/// serves the model.
+async fn run_on_ring(args: RunArgs, threads: usize) -> Result<()> {
+    let opts = args.mesh.node_options(vec![args.model.clone()], 0, threads);
+    let node = Node::start(opts).await?;
+    let model = node
+        .models
+        .ids()
+        .next()
+        .cloned()
+        .context("no model loaded")?;
+    let info = node
+        .models
+        .get(&model)
+        .context("no model loaded")?
+        .info
+        .clone();
+    if args.wait_peers > 0 {
+        node.wait_for_peers(
+            &model,
+            args.wait_peers,
+            Duration::from_secs(args.wait_timeout),
+        )
+        .await?;
+    }
+    let plan = node.plan(&model)?;
+    for s in &plan.stages {
+        tracing::info!(peer = %s.peer, start = s.layers.start, end = s.layers.end, "ring stage");
+    }
+    let prompt = encode(&args, &info)?;
+    let stepper = RingStepper::new(node.host.clone(), plan);
+    stream_to_stdout(stepper, &info, &prompt, &args).await
+}
+
+fn encode(args: &RunArgs, info: &ModelInfo) -> Result<Vec<u32>> {
     let prompt = if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
@@ -65,7 +111,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
             info.context_length()
         );
     }
-    let mut stepper = LocalStepper::new(Arc::new(ring));
+    Ok(prompt)
+}
+
+async fn stream_to_stdout(
+    mut stepper: impl Stepper,
+    info: &ModelInfo,
+    prompt: &[u32],
+    args: &RunArgs,
+) -> Result<()> {
     let mut stdout = std::io::stdout();
     let summary = generate(
         &mut stepper,

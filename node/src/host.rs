@@ -1,0 +1,243 @@
+//! The activation service every node runs: it holds this node's shards (loaded on first use),
+//! runs the frames addressed to it, and passes hidden states on to the next stage of the
+//! request's plan, which may be this node again or a peer.
+
+use std::{collections::HashMap, sync::Arc};
+
+use candle_core::Device;
+use exo_engine::{
+    frame::{from_frame, to_frame},
+    EngineError, RunnerLimits, ShardModel, ShardRunner, StepOutput,
+};
+use exo_protocol::{
+    ActivationRequest, ActivationResponse, CapabilityRecord, ErrorKind, LayerRange, LoadedShard,
+    Outcome, Payload,
+};
+use libp2p::PeerId;
+use tokio::sync::Mutex;
+
+use crate::{models::ModelRegistry, network::Client};
+
+pub struct ShardHost {
+    local: PeerId,
+    client: Client,
+    models: Arc<ModelRegistry>,
+    limits: RunnerLimits,
+    /// One loaded layer range per model; a new plan for the model replaces it (requests still
+    /// using the old range keep it alive until they finish).
+    shards: Mutex<HashMap<String, Arc<ShardRunner>>>,
+    /// This node's capability record, without the parts the host or network fill in.
+    record: std::sync::Mutex<CapabilityRecord>,
+}
+
+fn engine_error(peer: &PeerId, e: EngineError) -> ActivationResponse {
+    let kind = match &e {
+        EngineError::Busy(_) => ErrorKind::Busy,
+        EngineError::ContextFull { .. } => ErrorKind::ContextFull,
+        EngineError::Invalid(_) => ErrorKind::BadRequest,
+        _ => ErrorKind::Compute,
+    };
+    ActivationResponse::error(kind, peer.to_string(), e.to_string())
+}
+
+impl ShardHost {
+    pub fn new(
+        client: Client,
+        models: Arc<ModelRegistry>,
+        limits: RunnerLimits,
+        record: CapabilityRecord,
+    ) -> Self {
+        Self {
+            local: client.local_peer_id(),
+            client,
+            models,
+            limits,
+            shards: Mutex::new(HashMap::new()),
+            record: std::sync::Mutex::new(record),
+        }
+    }
+
+    pub fn local(&self) -> PeerId {
+        self.local
+    }
+
+    pub fn models(&self) -> &Arc<ModelRegistry> {
+        &self.models
+    }
+
+    /// Updates the record template and publishes the full record.
+    pub async fn publish(&self, update: impl FnOnce(&mut CapabilityRecord)) {
+        let mut record = {
+            let mut r = self.record.lock().expect("record poisoned");
+            update(&mut r);
+            r.clone()
+        };
+        record.loaded = self.loaded().await;
+        self.client.set_record(record).await;
+    }
+
+    pub async fn loaded(&self) -> Vec<LoadedShard> {
+        self.shards
+            .lock()
+            .await
+            .iter()
+            .map(|(model, r)| LoadedShard {
+                model: model.clone(),
+                layers: r.model().range(),
+            })
+            .collect()
+    }
+
+    /// KV-cache use across this node's shards: (requests, bytes).
+    pub async fn kv_usage(&self) -> (usize, usize) {
+        self.shards
+            .lock()
+            .await
+            .values()
+            .map(|r| r.usage())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Frees KV caches of requests whose driver went quiet.
+    pub async fn sweep(&self) {
+        for r in self.shards.lock().await.values() {
+            r.sweep();
+        }
+    }
+
+    /// The runner for `range` of `model`, loading it on first use.
+    async fn shard(
+        &self,
+        model: &str,
+        range: LayerRange,
+    ) -> Result<Arc<ShardRunner>, ActivationResponse> {
+        let mut shards = self.shards.lock().await;
+        if let Some(r) = shards.get(model).filter(|r| r.model().range() == range) {
+            return Ok(r.clone());
+        }
+        let fail = |kind, msg: String| ActivationResponse::error(kind, self.local.to_string(), msg);
+        let path = self
+            .models
+            .get(model)
+            .map(|m| m.path.clone())
+            .ok_or_else(|| {
+                fail(
+                    ErrorKind::Load,
+                    format!("model {model} is not available on this node"),
+                )
+            })?;
+        tracing::info!(model, %range, "loading shard");
+        let start = std::time::Instant::now();
+        let loaded =
+            tokio::task::spawn_blocking(move || ShardModel::load(&path, Some(range), &Device::Cpu))
+                .await
+                .map_err(|e| fail(ErrorKind::Load, e.to_string()))?
+                .map_err(|e| fail(ErrorKind::Load, format!("cannot load {model} {range}: {e}")))?;
+        tracing::info!(model, %range, secs = start.elapsed().as_secs_f32(), "shard loaded");
+        let runner = Arc::new(ShardRunner::new(Arc::new(loaded), self.limits.clone()));
+        shards.insert(model.to_string(), runner.clone());
+        drop(shards);
+        self.publish(|_| {}).await;
+        Ok(runner)
+    }
+
+    /// Runs a frame addressed to this node and returns the ring's answer.
+    pub async fn handle(self: &Arc<Self>, req: ActivationRequest) -> ActivationResponse {
+        let local = self.local.to_string();
+        let bad =
+            |msg: String| ActivationResponse::error(ErrorKind::BadRequest, local.clone(), msg);
+        if let Err(e) = req.plan.validate() {
+            return bad(e);
+        }
+        let Some(stage) = req.plan.stages.get(req.stage as usize) else {
+            return bad(format!("stage {} is not in the plan", req.stage));
+        };
+        if stage.peer != local {
+            return bad(format!(
+                "stage {} is {}, not this node",
+                req.stage, stage.peer
+            ));
+        }
+        let key = format!("{}/{}", req.driver, req.request_id);
+        let has_next = (req.stage as usize) + 1 < req.plan.stages.len();
+        if req.payload == Payload::Release {
+            if let Some(r) = self.shards.lock().await.get(&req.plan.model) {
+                if r.release(&key) {
+                    tracing::debug!(request = %key, "released KV cache");
+                }
+            }
+            if has_next {
+                let _ = self.send_stage(req.next_stage(Payload::Release)).await;
+            }
+            return ActivationResponse::new(Outcome::Released);
+        }
+        let runner = match self.shard(&req.plan.model, stage.layers).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+        let hidden = match &req.payload {
+            Payload::Hidden(frame) => match from_frame(frame, &Device::Cpu) {
+                Ok(h) => Some(h),
+                Err(e) => return bad(format!("bad hidden-state frame: {e}")),
+            },
+            _ => None,
+        };
+        let (position, tokens, sampling) = (
+            req.position as usize,
+            req.tokens.clone(),
+            req.sampling.clone(),
+        );
+        let step_key = key.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            runner.step(&step_key, position, &tokens, hidden, &sampling)
+        })
+        .await;
+        match out {
+            Ok(Ok(StepOutput::Token(t))) => ActivationResponse::new(Outcome::Token(t)),
+            Ok(Ok(StepOutput::Hidden(h))) => {
+                if !has_next {
+                    return bad("the last stage produced hidden states".into());
+                }
+                match to_frame(&h) {
+                    Ok(frame) => {
+                        self.send_stage(req.next_stage(Payload::Hidden(frame)))
+                            .await
+                    }
+                    Err(e) => engine_error(&self.local, e),
+                }
+            }
+            Ok(Err(e)) => engine_error(&self.local, e),
+            Err(e) => ActivationResponse::error(
+                ErrorKind::Compute,
+                local,
+                format!("forward pass panicked: {e}"),
+            ),
+        }
+    }
+
+    /// Sends a frame to the stage it names: this node, or a peer over the network.
+    pub async fn send_stage(self: &Arc<Self>, req: ActivationRequest) -> ActivationResponse {
+        let Some(stage) = req.plan.stages.get(req.stage as usize) else {
+            return ActivationResponse::error(
+                ErrorKind::BadRequest,
+                self.local.to_string(),
+                "stage out of range",
+            );
+        };
+        if stage.peer == self.local.to_string() {
+            return Box::pin(self.handle(req)).await;
+        }
+        let peer_str = stage.peer.clone();
+        let Ok(peer) = peer_str.parse::<PeerId>() else {
+            return ActivationResponse::error(
+                ErrorKind::BadRequest,
+                peer_str,
+                "invalid peer id in plan",
+            );
+        };
+        match self.client.request(peer, req).await {
+            Ok(resp) => resp,
+            Err(e) => ActivationResponse::error(ErrorKind::Unreachable, peer_str, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The task that owns the `Swarm`: it runs every swarm event and client command, keeps the
+//! topology, and publishes this node's capability record.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use exo_protocol::{
+    capability::MAX_RECORD_BYTES, decode, encode, ActivationResponse, CapabilityRecord, ErrorKind,
+};
+use futures::StreamExt;
+use libp2p::{
+    autonat, dcutr, gossipsub, identify, kad, mdns,
+    multiaddr::Protocol,
+    ping, relay, request_response,
+    swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
+    Multiaddr, PeerId, Swarm,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    behaviour::{Behaviour, BehaviourConfig, BehaviourEvent, CAPABILITY_TOPIC, KAD_PROTOCOL},
+    discovery::{self, Redialer},
+    transport::build_swarm,
+    Client, Command, InboundActivation, NetError, NetworkConfig,
+};
+use crate::topology::{Connection, Topology};
+
+/// Default libp2p port (TCP and QUIC), used to reach Tailscale peers.
+pub const DEFAULT_PORT: u16 = 52416;
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<InboundActivation>,
+    topo_tx: watch::Sender<Topology>,
+    topology: Topology,
+    client: Client,
+    topic: gossipsub::IdentTopic,
+    record: Option<CapabilityRecord>,
+    seq: u64,
+    last_publish: Instant,
+    record_interval: Duration,
+    record_ttl: Duration,
+    pending: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<ActivationResponse, NetError>>,
+    >,
+    /// Open connections per peer, and whether each is relayed.
+    connections: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    redialer: Redialer,
+    bootstrap: Vec<Multiaddr>,
+    relays: Vec<Multiaddr>,
+    relay_listening: HashSet<Multiaddr>,
+    tailscale: Option<u16>,
+    private: bool,
+    /// Last sequence number seen per peer, so replayed records are ignored after a removal.
+    seen_seq: HashMap<String, u64>,
+    warned_versions: HashSet<String>,
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+}
+
+impl EventLoop {
+    pub fn new(
+        cfg: NetworkConfig,
+        commands: mpsc::Receiver<Command>,
+        inbound: mpsc::Sender<InboundActivation>,
+        topo_tx: watch::Sender<Topology>,
+        client: Client,
+    ) -> anyhow::Result<Self> {
+        let local = cfg.key.public().to_peer_id();
+        let private = cfg.psk.is_some();
+        let mut swarm = build_swarm(
+            cfg.key,
+            cfg.psk,
+            BehaviourConfig {
+                mdns: cfg.mdns,
+                relay_server: cfg.relay_server,
+                request_timeout: cfg.request_timeout,
+            },
+        )?;
+        let topic = gossipsub::IdentTopic::new(CAPABILITY_TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        let mut tailscale_port = None;
+        for addr in &cfg.listen {
+            // QUIC has its own encryption and cannot carry the private-swarm handshake.
+            if private && is_quic(addr) {
+                tracing::warn!(%addr, "not listening on QUIC in a private swarm");
+                continue;
+            }
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            if let Some(Protocol::Tcp(port)) = addr.iter().find(|p| matches!(p, Protocol::Tcp(_))) {
+                tailscale_port.get_or_insert(if port == 0 { DEFAULT_PORT } else { port });
+            }
+        }
+        let mut redialer = Redialer::default();
+        for addr in cfg.peers.iter().chain(&cfg.bootstrap).chain(&cfg.relays) {
+            redialer.add(addr.clone());
+        }
+        for addr in &cfg.bootstrap {
+            if let Some(peer) = discovery::peer_of(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+        }
+        let topology = Topology::new(local.to_string());
+        Ok(Self {
+            swarm,
+            commands,
+            inbound,
+            topo_tx,
+            topology,
+            client,
+            topic,
+            record: None,
+            seq: 0,
+            last_publish: Instant::now(),
+            record_interval: cfg.record_interval,
+            record_ttl: cfg.record_ttl,
+            pending: HashMap::new(),
+            connections: HashMap::new(),
+            redialer,
+            bootstrap: cfg.bootstrap,
+            relays: cfg.relays,
+            relay_listening: HashSet::new(),
+            tailscale: cfg
+                .tailscale
+                .then_some(tailscale_port.unwrap_or(DEFAULT_PORT)),
+            private,
+            seen_seq: HashMap::new(),
+            warned_versions: HashSet::new(),
+        })
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut walk = tokio::time::interval(Duration::from_secs(5));
+        let mut tailscale = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = walk.tick() => self.random_walk(),
+                _ = tailscale.tick(), if self.tailscale.is_some() => self.poll_tailscale(),
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    fn publish_topology(&mut self) {
+        self.topo_tx.send_replace(self.topology.clone());
+    }
+
+    fn dial_addr(&mut self, addr: &Multiaddr) -> Option<ConnectionId> {
+        if self.private && is_quic(addr) {
+            return None;
+        }
+        let opts = match discovery::peer_of(addr) {
+            Some(peer) if peer == *self.swarm.local_peer_id() => return None,
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "dial failed");
+                None
+            }
+        }
+    }
+
+    fn dial_peer(&mut self, peer: PeerId) {
+        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        let _ = self.swarm.dial(opts);
+    }
+
+    fn add_peer_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        for addr in addrs {
+            if self.private && is_quic(&addr) {
+                continue;
+            }
+            self.swarm.add_peer_address(peer, addr);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let mut redialer = std::mem::take(&mut self.redialer);
+        redialer.due(|addr| self.dial_addr(addr));
+        self.redialer = redialer;
+        self.listen_on_relays();
+        if self.last_publish.elapsed() >= self.record_interval {
+            self.publish_record();
+        }
+        let gone = self.topology.expire(self.record_ttl);
+        if !gone.is_empty() {
+            tracing::info!(peers = ?gone, "nodes left the topology (records expired)");
+            self.publish_topology();
+        }
+    }
+
+    fn random_walk(&mut self) {
+        if self.connections.is_empty() {
+            return;
+        }
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_peers(PeerId::random());
+    }
+
+    fn poll_tailscale(&mut self) {
+        let Some(port) = self.tailscale else { return };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match discovery::tailscale_peers(port).await {
+                Ok(addrs) => client.add_static_peers(addrs).await,
+                Err(e) => tracing::warn!("tailscale discovery: {e}"),
+            }
+        });
+    }
+
+    /// Reserves a slot on each relay once connected to it, and listens through it.
+    fn listen_on_relays(&mut self) {
+        for relay in self.relays.clone() {
+            let Some(peer) = discovery::peer_of(&relay) else {
+                continue;
+            };
+            if self.relay_listening.contains(&relay) || !self.swarm.is_connected(&peer) {
+                continue;
+            }
+            match self
+                .swarm
+                .listen_on(relay.clone().with(Protocol::P2pCircuit))
+            {
+                Ok(_) => {
+                    self.relay_listening.insert(relay);
+                }
+                Err(e) => tracing::warn!(%relay, error = %e, "cannot listen through relay"),
+            }
+        }
+    }
+
+    fn our_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self
+            .swarm
+            .listeners()
+            .chain(self.swarm.external_addresses())
+            .map(|a| a.to_string())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    fn publish_record(&mut self) {
+        self.last_publish = Instant::now();
+        let Some(mut record) = self.record.clone() else {
+            return;
+        };
+        // Wall-clock based, so a node restarted with the same identity is not mistaken for a
+        // replay of its old records.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.seq = (self.seq + 1).max(now_ms);
+        record.seq = self.seq;
+        record.addrs = self.our_addrs();
+        self.topology.upsert(record.clone(), Connection::Local);
+        self.publish_topology();
+        let bytes = match encode(&record) {
+            Ok(b) => b,
+            Err(e) => return tracing::error!("cannot encode capability record: {e}"),
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!("capability publish: {e}"),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                if peer == *self.swarm.local_peer_id() {
+                    let _ = reply.send(Err(NetError::Unreachable {
+                        peer,
+                        reason: "cannot send a frame to this node itself".into(),
+                    }));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .activation
+                    .send_request(&peer, super::Inbound::Request(request));
+                self.pending.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .activation
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("activation reply dropped: the requester went away");
+                }
+            }
+            Command::SetRecord(record) => {
+                self.record = Some(*record);
+                self.publish_record();
+            }
+            Command::Dial(addr) => {
+                self.dial_addr(&addr);
+            }
+            Command::AddStaticPeers(addrs) => {
+                for a in addrs {
+                    self.redialer.add(a);
+                }
+            }
+            Command::ListenAddrs(tx) => {
+                let _ = tx.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.publish_record();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let relayed = is_relayed(endpoint.get_remote_address());
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, relayed);
+                self.redialer.established(connection_id, peer_id);
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                if self
+                    .bootstrap
+                    .iter()
+                    .any(|b| discovery::peer_of(b) == Some(peer_id))
+                {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+                self.refresh_connection(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.connections.remove(&peer_id);
+                    self.redialer.disconnected(peer_id);
+                    self.relay_listening
+                        .retain(|r| discovery::peer_of(r) != Some(peer_id));
+                    if self.topology.remove(&peer_id.to_string()) {
+                        tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "node left the topology (disconnected)");
+                        self.publish_topology();
+                    }
+                } else {
+                    self.refresh_connection(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                self.redialer.dial_failed(connection_id);
+                tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                // With a private swarm this is where peers without the key end up.
+                tracing::warn!(from = %send_back_addr, %error, "incoming connection failed (a node with another swarm key is refused here)");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.publish_record();
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    /// Records whether `peer` is reachable directly or only through a relay.
+    fn refresh_connection(&mut self, peer: PeerId) {
+        let kind = match self.connections.get(&peer) {
+            Some(c) if c.values().any(|relayed| !relayed) => Connection::Direct,
+            Some(c) if !c.is_empty() => Connection::Relayed,
+            _ => Connection::None,
+        };
+        self.topology.set_connection(&peer.to_string(), kind);
+        self.publish_topology();
+    }
+
+    fn connection_of(&self, peer: &PeerId) -> Connection {
+        match self.connections.get(peer) {
+            Some(c) if c.values().any(|relayed| !relayed) => Connection::Direct,
+            Some(c) if !c.is_empty() => Connection::Relayed,
+            _ => Connection::None,
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                self.on_record(message);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
+                tracing::debug!(peer = %peer_id, "peer subscribed to capabilities");
+                // Tell newcomers about us right away instead of at the next period.
+                self.publish_record();
+            }
+            BehaviourEvent::Activation(request_response::Event::Message {
+                peer, message, ..
+            }) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let inbound = InboundActivation {
+                        peer,
+                        request,
+                        channel,
+                    };
+                    if let Err(e) = self.inbound.try_send(inbound) {
+                        let inbound = match e {
+                            mpsc::error::TrySendError::Full(i)
+                            | mpsc::error::TrySendError::Closed(i) => i,
+                        };
+                        let busy = ActivationResponse::error(
+                            ErrorKind::Busy,
+                            self.swarm.local_peer_id().to_string(),
+                            "too many activation frames queued on this node",
+                        );
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .activation
+                            .send_response(inbound.channel, busy);
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Activation(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Unreachable {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            BehaviourEvent::Activation(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            }) => {
+                tracing::debug!(%peer, %error, "inbound activation failed");
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let kad = info.protocols.iter().any(|p| *p == KAD_PROTOCOL);
+                for addr in &info.listen_addrs {
+                    if kad {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                self.add_peer_addresses(peer_id, info.listen_addrs);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    tracing::debug!(%peer, %addr, "found by mDNS");
+                    self.add_peer_addresses(peer, [addr]);
+                    self.dial_peer(peer);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                self.dial_peer(peer);
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) => {
+                tracing::info!(%peer, error = %e, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
+                }
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying on the relay")
+                }
+            },
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+            }
+            BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged { new, .. }) => {
+                tracing::info!(status = ?new, "NAT status");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_record(&mut self, message: gossipsub::Message) {
+        let record: CapabilityRecord = match decode(&message.data, MAX_RECORD_BYTES) {
+            Ok(r) => r,
+            Err(e) => {
+                let from = message.source.map(|s| s.to_string()).unwrap_or_default();
+                if self.warned_versions.insert(from.clone()) {
+                    tracing::warn!(peer = %from, error = %e, "ignoring capability record");
+                }
+                return;
+            }
+        };
+        // Records are signed by their author; a node may only describe itself.
+        if message.source.map(|s| s.to_string()) != Some(record.peer_id.clone()) {
+            tracing::warn!(claimed = %record.peer_id, "ignoring a capability record published by another peer");
+            return;
+        }
+        let Ok(peer) = record.peer_id.parse::<PeerId>() else {
+            return;
+        };
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let last = self.seen_seq.entry(record.peer_id.clone()).or_insert(0);
+        if record.seq <= *last {
+            return;
+        }
+        *last = record.seq;
+        let addrs: Vec<Multiaddr> = record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        self.add_peer_addresses(peer, addrs);
+        let connection = self.connection_of(&peer);
+        if self.topology.upsert(record, connection) {
+            tracing::info!(%peer, "node joined the topology");
+        }
+        self.publish_topology();
+        self.dial_peer(peer);
+    }
+}

@@ -1,0 +1,177 @@
+//! The libp2p side of a node. A cheap, cloneable [`Client`] sends [`Command`]s to the
+//! [`EventLoop`](event_loop::EventLoop), which alone owns the `Swarm` (rust-libp2p's
+//! file-sharing example layout). Inbound activation frames come out of a channel; the mesh's
+//! topology is published through a `watch` channel.
+
+pub mod behaviour;
+pub mod codec;
+mod discovery;
+mod event_loop;
+mod transport;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use exo_protocol::{ActivationRequest, ActivationResponse, CapabilityRecord};
+use libp2p::{
+    identity::Keypair, pnet::PreSharedKey, request_response::ResponseChannel, Multiaddr, PeerId,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use codec::Inbound;
+
+use crate::topology::Topology;
+
+pub struct NetworkConfig {
+    pub key: Keypair,
+    pub listen: Vec<Multiaddr>,
+    /// Static peers, redialled with backoff when they drop.
+    pub peers: Vec<Multiaddr>,
+    /// Kademlia bootstrap nodes.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays to reserve a slot on and listen through.
+    pub relays: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub tailscale: bool,
+    /// Private swarm key: only nodes holding it can connect.
+    pub psk: Option<PreSharedKey>,
+    /// Run a relay server (relay nodes).
+    pub relay_server: bool,
+    pub request_timeout: Duration,
+    /// How often this node republishes its capability record.
+    pub record_interval: Duration,
+    /// Records not refreshed for this long are dropped.
+    pub record_ttl: Duration,
+}
+
+impl NetworkConfig {
+    pub fn new(key: Keypair) -> Self {
+        Self {
+            key,
+            listen: Vec::new(),
+            peers: Vec::new(),
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            mdns: true,
+            tailscale: false,
+            psk: None,
+            relay_server: false,
+            request_timeout: Duration::from_secs(120),
+            record_interval: Duration::from_secs(2),
+            record_ttl: Duration::from_secs(8),
+        }
+    }
+}
+
+/// An activation frame from a peer, to be answered through [`Client::respond`].
+pub struct InboundActivation {
+    pub peer: PeerId,
+    pub request: Inbound,
+    pub channel: ResponseChannel<ActivationResponse>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("peer {peer} is unreachable: {reason}")]
+    Unreachable { peer: PeerId, reason: String },
+    #[error("the network has shut down")]
+    Shutdown,
+}
+
+pub(crate) enum Command {
+    Request {
+        peer: PeerId,
+        request: Box<ActivationRequest>,
+        reply: oneshot::Sender<Result<ActivationResponse, NetError>>,
+    },
+    Respond {
+        channel: ResponseChannel<ActivationResponse>,
+        response: ActivationResponse,
+    },
+    SetRecord(Box<CapabilityRecord>),
+    Dial(Multiaddr),
+    AddStaticPeers(Vec<Multiaddr>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+impl Client {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+        self.tx.send(cmd).await.map_err(|_| NetError::Shutdown)
+    }
+
+    /// Sends an activation frame to `peer` and waits for its reply.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: ActivationRequest,
+    ) -> Result<ActivationResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            request: Box::new(request),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NetError::Shutdown)?
+    }
+
+    pub async fn respond(
+        &self,
+        channel: ResponseChannel<ActivationResponse>,
+        response: ActivationResponse,
+    ) {
+        let _ = self.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Replaces this node's capability record (addresses and sequence are filled in) and
+    /// publishes it.
+    pub async fn set_record(&self, record: CapabilityRecord) {
+        let _ = self.send(Command::SetRecord(Box::new(record))).await;
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.send(Command::Dial(addr)).await;
+    }
+
+    pub(crate) async fn add_static_peers(&self, addrs: Vec<Multiaddr>) {
+        let _ = self.send(Command::AddStaticPeers(addrs)).await;
+    }
+
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::ListenAddrs(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Builds the swarm, starts listening and dialling, and runs the event loop on the runtime.
+pub fn spawn(
+    config: NetworkConfig,
+) -> Result<(
+    Client,
+    mpsc::Receiver<InboundActivation>,
+    watch::Receiver<Topology>,
+)> {
+    let local = config.key.public().to_peer_id();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let (topo_tx, topo_rx) = watch::channel(Topology::new(local.to_string()));
+    let client = Client { tx: cmd_tx, local };
+    let event_loop =
+        event_loop::EventLoop::new(config, cmd_rx, inbound_tx, topo_tx, client.clone())
+            .map_err(|e| anyhow!("cannot start the network: {e:#}"))?;
+    tokio::spawn(event_loop.run());
+    Ok((client, inbound_rx, topo_rx))
+}

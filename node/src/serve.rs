@@ -1,0 +1,78 @@
+//! `exo-p2p serve`: a node that runs until Ctrl-C.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use exo_engine::RunnerLimits;
+
+use crate::{
+    cli::{MeshArgs, ServeArgs},
+    identity,
+    node::{Node, NodeOptions},
+};
+
+impl MeshArgs {
+    pub fn node_options(
+        &self,
+        models: Vec<std::path::PathBuf>,
+        default_port: u16,
+        threads: usize,
+    ) -> NodeOptions {
+        let listen = if self.listen.is_empty() {
+            vec![
+                format!("/ip4/0.0.0.0/tcp/{default_port}")
+                    .parse()
+                    .expect("valid address"),
+                format!("/ip4/0.0.0.0/udp/{default_port}/quic-v1")
+                    .parse()
+                    .expect("valid address"),
+            ]
+        } else {
+            self.listen.clone()
+        };
+        NodeOptions {
+            home: identity::exo_home(),
+            models,
+            listen,
+            peers: self.peer.clone(),
+            bootstrap: self.bootstrap.clone(),
+            relays: Vec::new(),
+            mdns: !self.no_mdns,
+            tailscale: self.tailscale,
+            psk: None,
+            memory: self.memory,
+            api_port: None,
+            threads,
+            limits: RunnerLimits::default(),
+        }
+    }
+}
+
+pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
+    let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads);
+    opts.api_port = Some(args.api_port);
+    let node = Node::start(opts).await?;
+    eprintln!("exo-p2p node {} is up", node.client.local_peer_id());
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    // Give in-flight replies a moment to leave.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
