@@ -188,4 +188,12 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 3)]
     pub repetitions: usize,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// Also measure the ring of this node and this many other nodes serving MODEL.
+    #[arg(long, default_value_t = 0)]
+    pub wait_peers: usize,
+    /// How long to wait for --wait-peers, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub wait_timeout: u64,
 }

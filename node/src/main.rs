@@ -1,25 +1,12 @@
 //! The `exo-p2p` binary: command-line parsing and dispatch only.
 
-mod bench;
-mod cli;
-mod generate;
-mod host;
-mod identity;
-mod local;
-mod logging;
-mod models;
-mod network;
-mod node;
-mod ring;
-mod run;
-mod serve;
-mod sysinfo;
-mod threads;
-mod topology;
-
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use exo_p2p::{
+    bench,
+    cli::{Cli, Command},
+    identity, logging, run, serve, threads,
+};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -30,7 +17,7 @@ fn main() -> std::process::ExitCode {
     logging::init(default_level);
     let threads = threads::configure(cli.threads);
     let result = match cli.command {
-        Command::Bench(args) => bench::bench(args, threads),
+        Command::Bench(args) => runtime().block_on(bench::bench(args, threads)),
         Command::Run(args) => runtime().block_on(run::run(args, threads)),
         Command::Serve(args) => runtime().block_on(serve::serve(args, threads)),
         Command::Id => identity::load_or_create(&identity::exo_home()).map(|k| {

@@ -1,0 +1,19 @@
+//! exo-p2p's node: the libp2p mesh, the shard host, the ring driver and the commands of the
+//! `exo-p2p` binary.
+
+pub mod bench;
+pub mod cli;
+pub mod generate;
+pub mod host;
+pub mod identity;
+pub mod local;
+pub mod logging;
+pub mod models;
+pub mod network;
+pub mod node;
+pub mod ring;
+pub mod run;
+pub mod serve;
+pub mod sysinfo;
+pub mod threads;
+pub mod topology;
