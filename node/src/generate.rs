@@ -27,6 +27,12 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
 }
 
+/// Where streamed output goes. `send` returns false when the receiver has gone away, which
+/// cancels the generation.
+pub trait DeltaSink: Send {
+    fn send(&mut self, delta: Delta) -> impl Future<Output = bool> + Send;
+}
+
 /// A piece of streamed output.
 #[derive(Debug, Clone)]
 pub struct Delta {
@@ -45,16 +51,16 @@ pub struct Summary {
     pub tokens_per_second: f64,
 }
 
-/// Generates until an end-of-generation token, a stop string or `max_tokens`. `on_delta`
-/// returns false to cancel (the client went away); the request is released either way.
+/// Generates until an end-of-generation token, a stop string or `max_tokens`, sending text to
+/// `sink`; a sink that refuses cancels. The request is released on every shard either way.
 pub async fn generate<S: Stepper>(
     stepper: &mut S,
     tokenizer: &TextTokenizer,
     prompt: &[u32],
     params: &GenerateParams,
-    mut on_delta: impl FnMut(Delta) -> bool + Send,
+    sink: &mut impl DeltaSink,
 ) -> Result<Summary> {
-    let result = run(stepper, tokenizer, prompt, params, &mut on_delta).await;
+    let result = run(stepper, tokenizer, prompt, params, sink).await;
     stepper.release().await;
     result
 }
@@ -64,7 +70,7 @@ async fn run<S: Stepper>(
     tokenizer: &TextTokenizer,
     prompt: &[u32],
     params: &GenerateParams,
-    on_delta: &mut (impl FnMut(Delta) -> bool + Send),
+    sink: &mut impl DeltaSink,
 ) -> Result<Summary> {
     let start = Instant::now();
     let mut stream = TextStream::new(
@@ -79,10 +85,12 @@ async fn run<S: Stepper>(
     let mut position = prompt.len();
     let finish = loop {
         let piece = stream.push(token.id)?;
-        let keep_going = on_delta(Delta {
-            text: piece.text,
-            token: token.clone(),
-        });
+        let keep_going = sink
+            .send(Delta {
+                text: piece.text,
+                token: token.clone(),
+            })
+            .await;
         if let Some(finish) = piece.finish {
             break finish;
         }

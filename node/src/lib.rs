@@ -1,6 +1,7 @@
 //! exo-p2p's node: the libp2p mesh, the shard host, the ring driver and the commands of the
 //! `exo-p2p` binary.
 
+pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod generate;

@@ -13,7 +13,7 @@ use exo_protocol::SamplingParams;
 
 use crate::{
     cli::{RunArgs, SamplingArgs},
-    generate::{generate, GenerateParams, Stepper},
+    generate::{generate, Delta, DeltaSink, GenerateParams, Stepper},
     local::LocalStepper,
     node::Node,
     ring::RingStepper,
@@ -34,6 +34,16 @@ impl SamplingArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
         }
+    }
+}
+
+/// Streams text to stdout; a closed stdout (e.g. `| head`) ends the generation.
+struct Stdout;
+
+impl DeltaSink for Stdout {
+    async fn send(&mut self, delta: Delta) -> bool {
+        let mut out = std::io::stdout();
+        out.write_all(delta.text.as_bytes()).and_then(|_| out.flush()).is_ok()
     }
 }
 
@@ -120,23 +130,10 @@ async fn stream_to_stdout(
     prompt: &[u32],
     args: &RunArgs,
 ) -> Result<()> {
-    let mut stdout = std::io::stdout();
-    let summary = generate(
-        &mut stepper,
-        &info.tokenizer,
-        &prompt,
-        &args.sampling.params(),
-        |d| {
-            // A closed stdout (e.g. `| head`) ends the generation.
-            stdout
-                .write_all(d.text.as_bytes())
-                .and_then(|_| stdout.flush())
-                .is_ok()
-        },
-    )
-    .await
-    .context("generation failed")?;
-    if stdout.is_terminal() {
+    let summary = generate(&mut stepper, &info.tokenizer, prompt, &args.sampling.params(), &mut Stdout)
+        .await
+        .context("generation failed")?;
+    if std::io::stdout().is_terminal() {
         println!();
     }
     tracing::debug!(?summary, "run finished");

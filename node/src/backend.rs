@@ -1,0 +1,213 @@
+//! The node behind the HTTP API: requests run on the ring of every node serving the model.
+
+use std::{sync::Arc, time::SystemTime};
+
+use exo_api::{
+    Backend, BackendError, GenerateRequest, Generation, GenerationEvent, Health, ModelCard,
+    Prompt, TokenLogprob,
+};
+use exo_engine::{ChatMessage, ModelInfo};
+use exo_protocol::SamplingParams;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::{
+    generate::{generate, Delta, DeltaSink, GenerateParams},
+    node::Node,
+    ring::RingStepper,
+};
+
+pub struct NodeBackend {
+    node: Arc<Node>,
+    started: u64,
+}
+
+impl NodeBackend {
+    pub fn new(node: Arc<Node>) -> Self {
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self { node, started }
+    }
+
+    fn model_info(&self, model: &str) -> Result<Arc<ModelInfo>, BackendError> {
+        if let Some(m) = self.node.models.get(model) {
+            return Ok(m.info.clone());
+        }
+        if self.node.topology.borrow().offer(model).is_some() {
+            return Err(BackendError::Unavailable(format!(
+                "this node does not hold model {model}'s files (tokenizer and chat template); \
+                 send the request to a node started with --model for it"
+            )));
+        }
+        Err(BackendError::ModelNotFound(model.to_string()))
+    }
+}
+
+/// Sends deltas to the HTTP handler; a dropped receiver (the client left) cancels.
+struct ChannelSink {
+    tx: mpsc::Sender<GenerationEvent>,
+    info: Arc<ModelInfo>,
+    logprobs: bool,
+}
+
+impl DeltaSink for ChannelSink {
+    async fn send(&mut self, delta: Delta) -> bool {
+        let text_of = |id: u32| self.info.tokenizer.decode(&[id]).unwrap_or_default();
+        let logprob = (self.logprobs)
+            .then(|| delta.token.logprob)
+            .flatten()
+            .map(|lp| TokenLogprob {
+                token: text_of(delta.token.id),
+                logprob: lp,
+            });
+        let top_logprobs = delta
+            .token
+            .top
+            .iter()
+            .map(|&(id, lp)| TokenLogprob {
+                token: text_of(id),
+                logprob: lp,
+            })
+            .collect();
+        self.tx
+            .send(GenerationEvent::Delta {
+                text: delta.text,
+                logprob,
+                top_logprobs,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+impl Backend for NodeBackend {
+    fn models(&self) -> BoxFuture<'_, Vec<ModelCard>> {
+        Box::pin(async move {
+            let offers = self.node.topology.borrow().models();
+            offers
+                .into_values()
+                .map(|m| ModelCard {
+                    context_length: self
+                        .node
+                        .models
+                        .get(&m.id)
+                        .map(|l| l.info.context_length() as u32),
+                    id: m.id,
+                    owned_by: "exo-p2p".into(),
+                    created: self.started,
+                })
+                .collect()
+        })
+    }
+
+    fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<Generation, BackendError>> {
+        Box::pin(async move {
+            let info = self.model_info(&req.model)?;
+            let prompt = match &req.prompt {
+                Prompt::Text(t) => info.encode_prompt(t),
+                Prompt::Chat(msgs) => {
+                    let msgs: Vec<ChatMessage> = msgs
+                        .iter()
+                        .map(|m| ChatMessage::new(&m.role, &m.content))
+                        .collect();
+                    info.encode_chat(&msgs)
+                }
+            }
+            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+            let context = info.context_length();
+            let max_tokens = req.max_tokens.unwrap_or(context.saturating_sub(prompt.len()));
+            if prompt.len() >= context {
+                return Err(BackendError::ContextLength {
+                    needed: prompt.len() + 1,
+                    context,
+                });
+            }
+            let plan = self
+                .node
+                .plan(&req.model)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let params = GenerateParams {
+                sampling: SamplingParams {
+                    temperature: req.temperature,
+                    top_k: req.top_k,
+                    top_p: req.top_p,
+                    min_p: req.min_p,
+                    repeat_penalty: req.repeat_penalty,
+                    seed: req.seed.unwrap_or_else(rand::random),
+                    logprobs: req.logprobs,
+                    top_logprobs: req.top_logprobs.min(20),
+                    ..SamplingParams::default()
+                },
+                max_tokens: max_tokens.min(context - prompt.len()),
+                stop: req.stop.clone(),
+            };
+            let (tx, rx) = mpsc::channel(64);
+            let prompt_tokens = prompt.len();
+            let mut stepper = RingStepper::new(self.node.host.clone(), plan);
+            let span = tracing::info_span!("generation", request_id = %req.request_id, model = %req.model);
+            tokio::spawn(
+                async move {
+                    let mut sink = ChannelSink {
+                        tx: tx.clone(),
+                        info: info.clone(),
+                        logprobs: req.logprobs,
+                    };
+                    let result = generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink).await;
+                    let event = match result {
+                        Ok(s) => GenerationEvent::Done {
+                            finish_reason: s.finish.as_str().to_string(),
+                            prompt_tokens: s.prompt_tokens,
+                            completion_tokens: s.completion_tokens,
+                        },
+                        Err(e) if tx.is_closed() => {
+                            tracing::info!("client went away; generation cancelled and released ({e})");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "generation failed");
+                            GenerationEvent::Error(BackendError::Internal(format!("{e:#}")))
+                        }
+                    };
+                    let _ = tx.send(event).await;
+                }
+                .instrument(span),
+            );
+            Ok(Generation {
+                prompt_tokens,
+                events: rx,
+            })
+        })
+    }
+
+    fn topology(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async move { self.node.topology.borrow().to_json() })
+    }
+
+    fn downloads(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async move { serde_json::json!({"downloads": []}) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            Health {
+                ready: true,
+                peer_id: self.node.client.local_peer_id().to_string(),
+                version: crate::cli::VERSION.to_string(),
+            }
+        })
+    }
+
+    fn metrics(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            let (requests, bytes) = self.node.host.kv_usage().await;
+            format!(
+                "# HELP exo_kv_cache_requests Requests holding a KV cache on this node.\n\
+                 # TYPE exo_kv_cache_requests gauge\nexo_kv_cache_requests {requests}\n\
+                 # HELP exo_kv_cache_bytes Bytes of KV cache held on this node.\n\
+                 # TYPE exo_kv_cache_bytes gauge\nexo_kv_cache_bytes {bytes}\n"
+            )
+        })
+    }
+}
