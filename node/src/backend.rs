@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::SystemTime};
 
 use exo_api::{
-    Backend, BackendError, GenerateRequest, Generation, GenerationEvent, Health, ModelCard,
-    Prompt, TokenLogprob,
+    Backend, BackendError, GenerateRequest, Generation, GenerationEvent, Health, ModelCard, Prompt,
+    TokenLogprob,
 };
 use exo_engine::{ChatMessage, ModelInfo};
 use exo_protocol::SamplingParams;
@@ -117,7 +117,9 @@ impl Backend for NodeBackend {
             }
             .map_err(|e| BackendError::BadRequest(e.to_string()))?;
             let context = info.context_length();
-            let max_tokens = req.max_tokens.unwrap_or(context.saturating_sub(prompt.len()));
+            let max_tokens = req
+                .max_tokens
+                .unwrap_or(context.saturating_sub(prompt.len()));
             if prompt.len() >= context {
                 return Err(BackendError::ContextLength {
                     needed: prompt.len() + 1,
@@ -146,7 +148,8 @@ impl Backend for NodeBackend {
             let (tx, rx) = mpsc::channel(64);
             let prompt_tokens = prompt.len();
             let mut stepper = RingStepper::new(self.node.host.clone(), plan);
-            let span = tracing::info_span!("generation", request_id = %req.request_id, model = %req.model);
+            let span =
+                tracing::info_span!("generation", request_id = %req.request_id, model = %req.model);
             tokio::spawn(
                 async move {
                     let mut sink = ChannelSink {
@@ -154,7 +157,8 @@ impl Backend for NodeBackend {
                         info: info.clone(),
                         logprobs: req.logprobs,
                     };
-                    let result = generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink).await;
+                    let result =
+                        generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink).await;
                     let event = match result {
                         Ok(s) => GenerationEvent::Done {
                             finish_reason: s.finish.as_str().to_string(),
@@ -162,7 +166,9 @@ impl Backend for NodeBackend {
                             completion_tokens: s.completion_tokens,
                         },
                         Err(e) if tx.is_closed() => {
-                            tracing::info!("client went away; generation cancelled and released ({e})");
+                            tracing::info!(
+                                "client went away; generation cancelled and released ({e})"
+                            );
                             return;
                         }
                         Err(e) => {

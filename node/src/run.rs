@@ -43,7 +43,9 @@ struct Stdout;
 impl DeltaSink for Stdout {
     async fn send(&mut self, delta: Delta) -> bool {
         let mut out = std::io::stdout();
-        out.write_all(delta.text.as_bytes()).and_then(|_| out.flush()).is_ok()
+        out.write_all(delta.text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_ok()
     }
 }
 
@@ -130,9 +132,15 @@ async fn stream_to_stdout(
     prompt: &[u32],
     args: &RunArgs,
 ) -> Result<()> {
-    let summary = generate(&mut stepper, &info.tokenizer, prompt, &args.sampling.params(), &mut Stdout)
-        .await
-        .context("generation failed")?;
+    let summary = generate(
+        &mut stepper,
+        &info.tokenizer,
+        prompt,
+        &args.sampling.params(),
+        &mut Stdout,
+    )
+    .await
+    .context("generation failed")?;
     if std::io::stdout().is_terminal() {
         println!();
     }
