@@ -174,7 +174,9 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
 
     let mut extra = Vec::new();
     if args.mesh.joins() || args.wait_peers > 0 {
-        let opts = args.mesh.node_options(vec![args.model.clone()], 0, threads);
+        let opts = args
+            .mesh
+            .node_options(vec![args.model.clone()], 0, threads)?;
         let node = Node::start(opts).await?;
         node.wait_for_peers(
             &info.id,

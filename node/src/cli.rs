@@ -38,6 +38,55 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print this node's peer id (creating its identity on first use).
     Id,
+    /// Run a public relay and bootstrap node for nodes behind NAT (serves no model).
+    Relay(RelayArgs),
+    /// Write a new private swarm key (IPFS swarm.key format).
+    Keygen(KeygenArgs),
+    /// Print a token that lets another machine join this private swarm with `--join`.
+    Invite(InviteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// Address to listen on (repeatable). Default: TCP and QUIC on port 52416.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "EXO_LISTEN",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Only admit nodes holding this swarm key.
+    #[arg(long, value_name = "FILE", env = "EXO_SWARM_KEY")]
+    pub swarm_key: Option<PathBuf>,
+    /// Addresses other nodes reach this relay at (repeatable), when they differ from the
+    /// listening ones (e.g. behind port forwarding). Used by `invite`.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external: Vec<libp2p::Multiaddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the key (default: $EXO_HOME/swarm.key).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Overwrite an existing key.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InviteArgs {
+    /// The swarm key (default: $EXO_HOME/swarm.key).
+    #[arg(long, value_name = "FILE", env = "EXO_SWARM_KEY")]
+    pub swarm_key: Option<PathBuf>,
+    /// Relay address to put in the token (repeatable; default: the addresses a relay started
+    /// with this EXO_HOME recorded).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub relay: Vec<libp2p::Multiaddr>,
+    /// Bootstrap address to put in the token (repeatable; default: the relays).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
 }
 
 /// How a node joins the mesh.
@@ -79,6 +128,21 @@ pub struct MeshArgs {
     /// machine's total. Layers are split in proportion to it.
     #[arg(long, value_name = "BYTES", env = "EXO_MEMORY", value_parser = parse_memory)]
     pub memory: Option<u64>,
+    /// A relay to reserve a slot on and be reachable through when behind NAT (repeatable;
+    /// the address must end in /p2p/<relay peer id>).
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "EXO_RELAYS",
+        value_delimiter = ','
+    )]
+    pub relay: Vec<libp2p::Multiaddr>,
+    /// Private swarm: only nodes holding this key (IPFS swarm.key format) can connect.
+    #[arg(long, value_name = "FILE", env = "EXO_SWARM_KEY")]
+    pub swarm_key: Option<PathBuf>,
+    /// Join a private swarm with a token from `exo-p2p invite` (swarm key, relays, bootstrap).
+    #[arg(long, value_name = "TOKEN", env = "EXO_JOIN", hide_env_values = true)]
+    pub join: Option<String>,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -167,7 +231,11 @@ pub struct RunArgs {
 impl MeshArgs {
     /// Whether any flag asks to join a mesh.
     pub fn joins(&self) -> bool {
-        !self.peer.is_empty() || !self.bootstrap.is_empty() || self.tailscale
+        !self.peer.is_empty()
+            || !self.bootstrap.is_empty()
+            || !self.relay.is_empty()
+            || self.join.is_some()
+            || self.tailscale
     }
 }
 

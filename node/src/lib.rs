@@ -12,6 +12,8 @@ pub mod logging;
 pub mod models;
 pub mod network;
 pub mod node;
+pub mod private_swarm;
+pub mod relay;
 pub mod ring;
 pub mod run;
 pub mod serve;

@@ -5,14 +5,15 @@ use clap::Parser;
 use exo_p2p::{
     bench,
     cli::{Cli, Command},
-    identity, logging, run, serve, threads,
+    identity, logging, relay, run, serve, threads,
 };
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Run(_) | Command::Bench(_) | Command::Id => "warn",
-        Command::Serve(_) => "info",
+        Command::Keygen(_) | Command::Invite(_) => "warn",
+        Command::Serve(_) | Command::Relay(_) => "info",
     };
     logging::init(default_level);
     let threads = threads::configure(cli.threads);
@@ -20,6 +21,9 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => runtime().block_on(bench::bench(args, threads)),
         Command::Run(args) => runtime().block_on(run::run(args, threads)),
         Command::Serve(args) => runtime().block_on(serve::serve(args, threads)),
+        Command::Relay(args) => runtime().block_on(relay::relay(args)),
+        Command::Keygen(args) => relay::keygen(args),
+        Command::Invite(args) => relay::invite(args),
         Command::Id => identity::load_or_create(&identity::exo_home()).map(|k| {
             println!("{}", k.public().to_peer_id());
         }),

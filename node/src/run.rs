@@ -73,7 +73,9 @@ pub async fn run(args: RunArgs, threads: usize) -> Result<()> {
 /// Joins the mesh, waits for the peers asked for, and runs over the ring of every node that
 /// serves the model.
 async fn run_on_ring(args: RunArgs, threads: usize) -> Result<()> {
-    let opts = args.mesh.node_options(vec![args.model.clone()], 0, threads);
+    let opts = args
+        .mesh
+        .node_options(vec![args.model.clone()], 0, threads)?;
     let node = Node::start(opts).await?;
     let model = node
         .models

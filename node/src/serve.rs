@@ -9,7 +9,20 @@ use crate::{
     cli::{MeshArgs, ServeArgs},
     identity,
     node::{Node, NodeOptions},
+    private_swarm,
 };
+
+/// TCP and QUIC on `port` on every interface.
+pub fn default_listen(port: u16) -> Vec<libp2p::Multiaddr> {
+    vec![
+        format!("/ip4/0.0.0.0/tcp/{port}")
+            .parse()
+            .expect("valid address"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1")
+            .parse()
+            .expect("valid address"),
+    ]
+}
 
 impl MeshArgs {
     pub fn node_options(
@@ -17,39 +30,47 @@ impl MeshArgs {
         models: Vec<std::path::PathBuf>,
         default_port: u16,
         threads: usize,
-    ) -> NodeOptions {
+    ) -> Result<NodeOptions> {
         let listen = if self.listen.is_empty() {
-            vec![
-                format!("/ip4/0.0.0.0/tcp/{default_port}")
-                    .parse()
-                    .expect("valid address"),
-                format!("/ip4/0.0.0.0/udp/{default_port}/quic-v1")
-                    .parse()
-                    .expect("valid address"),
-            ]
+            default_listen(default_port)
         } else {
             self.listen.clone()
         };
-        NodeOptions {
+        let (mut relays, mut bootstrap) = (self.relay.clone(), self.bootstrap.clone());
+        let mut psk = self
+            .swarm_key
+            .as_deref()
+            .map(private_swarm::read_key)
+            .transpose()?;
+        if let Some(token) = &self.join {
+            let invite = private_swarm::Invite::from_token(token)?;
+            psk = Some(invite.psk()?);
+            relays.extend(invite.relay_addrs()?);
+            bootstrap.extend(invite.bootstrap_addrs()?);
+        }
+        if let Some(k) = &psk {
+            tracing::info!(fingerprint = %k.fingerprint(), "private swarm");
+        }
+        Ok(NodeOptions {
             home: identity::exo_home(),
             models,
             listen,
             peers: self.peer.clone(),
-            bootstrap: self.bootstrap.clone(),
-            relays: Vec::new(),
+            bootstrap,
+            relays,
             mdns: !self.no_mdns,
             tailscale: self.tailscale,
-            psk: None,
+            psk,
             memory: self.memory,
             api_port: None,
             threads,
             limits: RunnerLimits::default(),
-        }
+        })
     }
 }
 
 pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
-    let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads);
+    let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads)?;
     opts.api_port = Some(args.api_port);
     let node = Node::start(opts).await?;
     eprintln!("exo-p2p node {} is up", node.client.local_peer_id());
