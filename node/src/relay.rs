@@ -59,6 +59,10 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
             a.push(Protocol::P2p(peer));
         }
     }
+    for a in &reachable {
+        // Reservations tell clients how to reach the relay: it must know its own addresses.
+        client.add_external_address(a.clone()).await;
+    }
     let text: String = reachable.iter().map(|a| format!("{a}\n")).collect();
     std::fs::write(relay_addrs_file(), &text)
         .with_context(|| format!("cannot write {}", relay_addrs_file().display()))?;

@@ -58,10 +58,23 @@ pub struct EventLoop {
     /// Last sequence number seen per peer, so replayed records are ignored after a removal.
     seen_seq: HashMap<String, u64>,
     warned_versions: HashSet<String>,
+    started: Instant,
 }
 
-fn is_relayed(addr: &Multiaddr) -> bool {
+fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// Whether a connection runs through a relay (an inbound relayed connection shows the circuit
+/// in its local address only).
+fn is_relayed(endpoint: &libp2p::core::ConnectedPoint) -> bool {
+    match endpoint {
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => is_circuit(address),
+        libp2p::core::ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } => is_circuit(local_addr) || is_circuit(send_back_addr),
+    }
 }
 
 fn is_quic(addr: &Multiaddr) -> bool {
@@ -139,6 +152,7 @@ impl EventLoop {
             private,
             seen_seq: HashMap::new(),
             warned_versions: HashSet::new(),
+            started: Instant::now(),
         })
     }
 
@@ -197,8 +211,18 @@ impl EventLoop {
     }
 
     fn add_peer_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         for addr in addrs {
             if self.private && is_quic(&addr) {
+                continue;
+            }
+            // A peer's loopback or LAN address that is also ours (same host and port) would
+            // only reach ourselves.
+            let bare: Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            if ours.contains(&bare) {
                 continue;
             }
             self.swarm.add_peer_address(peer, addr);
@@ -206,9 +230,17 @@ impl EventLoop {
     }
 
     fn on_tick(&mut self) {
-        let mut redialer = std::mem::take(&mut self.redialer);
-        redialer.due(|addr| self.dial_addr(addr));
-        self.redialer = redialer;
+        // Dial only once listening: outgoing TCP connections then leave from the listening
+        // port, so NATs map them to a port peers can punch through to.
+        let tcp_listening = self
+            .swarm
+            .listeners()
+            .any(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))));
+        if tcp_listening || self.started.elapsed() > Duration::from_secs(2) {
+            let mut redialer = std::mem::take(&mut self.redialer);
+            redialer.due(|addr| self.dial_addr(addr));
+            self.redialer = redialer;
+        }
         self.listen_on_relays();
         if self.last_publish.elapsed() >= self.record_interval {
             self.publish_record();
@@ -348,6 +380,9 @@ impl EventLoop {
                     self.redialer.add(a);
                 }
             }
+            Command::AddExternal(addr) => {
+                self.swarm.add_external_address(addr);
+            }
             Command::ListenAddrs(tx) => {
                 let _ = tx.send(self.swarm.listeners().cloned().collect());
             }
@@ -366,13 +401,16 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                let relayed = is_relayed(endpoint.get_remote_address());
+                let relayed = is_relayed(&endpoint);
                 self.connections
                     .entry(peer_id)
                     .or_default()
                     .insert(connection_id, relayed);
                 self.redialer.established(connection_id, peer_id);
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                if !relayed {
+                    self.drop_relayed_connections(peer_id);
+                }
                 if self
                     .bootstrap
                     .iter()
@@ -418,8 +456,27 @@ impl EventLoop {
                 send_back_addr,
                 ..
             } => {
-                // With a private swarm this is where peers without the key end up.
-                tracing::warn!(from = %send_back_addr, %error, "incoming connection failed (a node with another swarm key is refused here)");
+                if self.private {
+                    // Peers without the swarm key fail the PSK handshake and end up here.
+                    tracing::warn!(from = %send_back_addr, %error, "incoming connection refused (a node with another swarm key cannot join)");
+                } else {
+                    tracing::debug!(from = %send_back_addr, %error, "incoming connection failed");
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                tracing::info!(?addresses, ?reason, "listener closed");
+                // A relay circuit listener closes when the relay goes away: listen again once
+                // the relay is back.
+                self.relay_listening.retain(|r| {
+                    !addresses
+                        .iter()
+                        .any(|a| a.to_string().starts_with(&r.to_string()))
+                });
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
@@ -427,6 +484,20 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// Once a peer is reachable directly (e.g. after a hole punch), its relayed connections go:
+    /// activation traffic then takes the direct path and the relay's capacity is freed.
+    fn drop_relayed_connections(&mut self, peer: PeerId) {
+        let relayed: Vec<ConnectionId> = self
+            .connections
+            .get(&peer)
+            .map(|c| c.iter().filter(|(_, r)| **r).map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        for id in relayed {
+            tracing::info!(%peer, "direct connection established; closing the relayed one");
+            self.swarm.close_connection(id);
         }
     }
 

@@ -91,6 +91,7 @@ pub(crate) enum Command {
     SetRecord(Box<CapabilityRecord>),
     Dial(Multiaddr),
     AddStaticPeers(Vec<Multiaddr>),
+    AddExternal(Multiaddr),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
 }
 
@@ -145,6 +146,12 @@ impl Client {
 
     pub(crate) async fn add_static_peers(&self, addrs: Vec<Multiaddr>) {
         let _ = self.send(Command::AddStaticPeers(addrs)).await;
+    }
+
+    /// Declares an address other nodes can reach this node at (relays advertise these in
+    /// reservations).
+    pub async fn add_external_address(&self, addr: Multiaddr) {
+        let _ = self.send(Command::AddExternal(addr)).await;
     }
 
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
