@@ -544,9 +544,14 @@ async fn completions_stream() {
 async fn request_errors_are_openai_shaped() {
     let server = TestServer::start(ApiConfig::default()).await;
     // (path, body, status, param, code)
-    type Case = (&'static str, &'static str, u16, Option<&'static str>, Option<&'static str>);
+    type Case = (
+        &'static str,
+        &'static str,
+        u16,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
     let cases: Vec<Case> = vec![
-        // (path, body, status, param, code)
         (
             "/v1/chat/completions",
             "{not json",
