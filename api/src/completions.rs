@@ -78,7 +78,7 @@ pub async fn completions(
     let slot = state.acquire().await?;
     let admitted = Instant::now();
     let id = new_id("cmpl");
-    Span::current().record("completion_id", id.as_str());
+    Span::current().record("completion_id", tracing::field::display(&id));
     let generation = state
         .backend
         .generate(GenerateRequest {

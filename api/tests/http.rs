@@ -1069,10 +1069,11 @@ async fn client_disconnect_cancels_the_generation() {
 #[tokio::test]
 async fn slow_header_clients_do_not_block_others() {
     let config = ApiConfig {
-        header_read_timeout: Duration::from_millis(500),
+        header_read_timeout: Duration::from_secs(3),
         ..ApiConfig::default()
     };
     let server = TestServer::start(config).await;
+    let opened = Instant::now();
     let mut slow = Vec::new();
     for i in 0..20 {
         let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -1098,12 +1099,109 @@ async fn slow_header_clients_do_not_block_others() {
     // And the slow connections are closed once the header timeout passes.
     for mut s in slow {
         let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "the server closed the slow connection");
+        assert!(
+            opened.elapsed() >= Duration::from_millis(2500),
+            "closed by the timeout, not before"
+        );
         let head = String::from_utf8_lossy(&buf);
         assert!(buf.is_empty() || head.starts_with("HTTP/1.1 408"), "{head}");
     }
     let resp = client().get(server.url("/health")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_leaving_a_non_streaming_request_cancels_it() {
+    let server = TestServer::start_with(
+        ApiConfig::default(),
+        FakeBackend::new(Duration::from_millis(10)),
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let body = json!({"model": "fake-endless", "messages": [{"role": "user", "content": "go"}]});
+    let err = impatient
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        server
+            .backend
+            .wait_cancelled(1, Duration::from_secs(5))
+            .await,
+        "the handler (and its Generation) was dropped with the connection"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queued_requests_wait_briefly_then_get_429() {
+    let config = ApiConfig {
+        max_concurrent: 1,
+        max_queued: 1,
+        queue_timeout: Duration::from_secs(1),
+        ..ApiConfig::default()
+    };
+    let server = TestServer::start_with(config, FakeBackend::new(Duration::from_millis(10))).await;
+    // One endless stream holds the only slot.
+    let body = json!({"model": "fake-endless", "stream": true,
+                      "messages": [{"role": "user", "content": "go"}]});
+    let holder = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(holder.status(), 200);
+
+    let queued = {
+        let url = server.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let resp = client().post(url).json(&chat("wait")).send().await.unwrap();
+            (resp.status(), t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The queue (of one) is full: refused at once.
+    let t = Instant::now();
+    let (status, body) = post(&server, "/v1/chat/completions", &chat("no room")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    // The queued one waited its bounded time, then was refused too.
+    let (status, waited) = queued.await.unwrap();
+    assert_eq!(status, 429);
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // Once the slot frees, a queued request is served.
+    let queued = {
+        let url = server.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&chat("next"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(holder);
+    assert_eq!(queued.await.unwrap(), 200);
     server.stop().await;
 }

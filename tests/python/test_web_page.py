@@ -141,6 +141,29 @@ def test_markdown_renderer_escapes_and_formats(browser, base_url, api_key):
         assert got == want, f"{src!r}: {got!r}"
 
 
+def test_page_asks_for_the_api_key(browser, base_url, api_key, model):
+    if not api_key:
+        pytest.skip("the server has no API key")
+    from selenium.webdriver.common.by import By
+
+    browser.get(base_url + "/")
+    browser.execute_script("localStorage.clear();")
+    browser.get(base_url + "/")
+    form = browser.find_element(By.ID, "key-form")
+    wait_for(form.is_displayed, what="the key form after a 401")
+    assert "needs an API key" in browser.find_element(By.ID, "status").text
+    time.sleep(3.5)  # a topology poll passes: what is typed must survive it
+    field = browser.find_element(By.ID, "api-key")
+    field.send_keys(api_key[:3])
+    time.sleep(3.5)
+    field.send_keys(api_key[3:])
+    assert field.get_attribute("value") == api_key
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    pick_model(browser, model)
+    assert not form.is_displayed()
+    assert browser.execute_script("return localStorage.getItem('exo.apiKey');") == api_key
+
+
 def test_chat_streams_with_figures_and_topology(browser, base_url, api_key, model, is_fake):
     from selenium.webdriver.common.by import By
 

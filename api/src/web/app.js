@@ -34,8 +34,9 @@
   }
 
   function needKey() {
-    showKeyForm(true);
-    setStatus("This server needs an API key.", true);
+    // Polls hit this every few seconds: open the form once, do not reset what is being typed.
+    if (els.keyForm.hidden) showKeyForm(true);
+    setStatus(apiKey ? "The API key was refused." : "This server needs an API key.", true);
   }
 
   async function getJson(path) {
