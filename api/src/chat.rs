@@ -1,0 +1,289 @@
+//! `POST /v1/chat/completions`.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use tracing::Span;
+
+use crate::backend::{ChatMessage, GenerateRequest, Prompt, TokenLogprob};
+use crate::error::ApiError;
+use crate::extract::{typed, JsonObject};
+use crate::generate::{self, new_id, unix_now, Chunks, Run, SamplingFields};
+use crate::middleware::RequestContext;
+use crate::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChatLogprobs, ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage, Usage,
+};
+use crate::AppState;
+
+/// Most alternatives per token OpenAI returns.
+const MAX_TOP_LOGPROBS: i64 = 20;
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    if let Some(response) = state.upstream_route(&body, "chat/completions").await? {
+        return Ok(response);
+    }
+    let req: ChatCompletionRequest = typed(body)?;
+    let messages = messages(req.messages)?;
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = match req.top_logprobs {
+        None => 0,
+        Some(n) if !(0..=MAX_TOP_LOGPROBS).contains(&n) => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                format!(
+                    "Invalid 'top_logprobs': {n}. It must be between 0 and {MAX_TOP_LOGPROBS}."
+                ),
+            ))
+        }
+        Some(n) if n > 0 && !logprobs => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "'top_logprobs' needs 'logprobs' to be true.",
+            ))
+        }
+        Some(n) => n as u8,
+    };
+    // `max_completion_tokens` replaced `max_tokens`; the newer wins when both are sent.
+    let max_tokens = req
+        .max_completion_tokens
+        .map(|v| ("max_completion_tokens", v))
+        .or(req.max_tokens.map(|v| ("max_tokens", v)));
+    let sampling = SamplingFields {
+        max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repeat_penalty: req.repeat_penalty,
+        seed: req.seed,
+        stop: req.stop,
+        n: req.n,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+    }
+    .check(None)?;
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+
+    let slot = state.acquire().await?;
+    let admitted = Instant::now();
+    let id = new_id("chatcmpl");
+    Span::current().record("completion_id", tracing::field::display(&id));
+    let generation = state
+        .backend
+        .generate(GenerateRequest {
+            request_id: id.clone(),
+            model: req.model.clone(),
+            prompt: Prompt::Chat(messages),
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k,
+            min_p: sampling.min_p,
+            repeat_penalty: sampling.repeat_penalty,
+            seed: sampling.seed,
+            stop: sampling.stop,
+            logprobs,
+            top_logprobs,
+        })
+        .await
+        .map_err(ApiError::from)?;
+    let run = Run {
+        state: state.clone(),
+        span: Span::current(),
+        model: req.model.clone(),
+        received: ctx.received,
+        admitted,
+        first_token: None,
+        _slot: slot,
+    };
+    let created = unix_now();
+    if stream {
+        let chunks = ChatChunks {
+            id,
+            created,
+            model: req.model,
+            logprobs,
+            include_usage,
+        };
+        return Ok(generate::stream(run, generation, chunks, include_usage));
+    }
+    let done = generate::collect(run, generation).await?;
+    let logprobs = logprobs.then(|| ChatLogprobs {
+        content: done
+            .tokens
+            .iter()
+            .map(|(t, top)| ChatTokenLogprob::new(t, top))
+            .collect(),
+        refusal: None,
+    });
+    Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model: req.model,
+        system_fingerprint: None,
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: done.text,
+                refusal: None,
+            },
+            logprobs,
+            finish_reason: done.finish_reason,
+        }],
+        usage: done.usage,
+    })
+    .into_response())
+}
+
+/// Flattens each message's content: a string, or text parts joined by newlines.
+fn messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "'messages' must hold at least one message.",
+        ));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.role.is_empty() {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}].role"),
+                    "A message's role must not be empty.",
+                ));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(MessageContent::Text(text)) => text,
+                Some(MessageContent::Parts(parts)) => {
+                    let mut texts = Vec::with_capacity(parts.len());
+                    for (j, part) in parts.into_iter().enumerate() {
+                        let param = format!("messages[{i}].content[{j}]");
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(text)) => texts.push(text),
+                            ("text", None) => {
+                                return Err(ApiError::invalid_param(
+                                    &param,
+                                    "A text content part needs a 'text' field.",
+                                ))
+                            }
+                            (kind, _) => {
+                                return Err(ApiError::invalid_param(
+                                    &param,
+                                    format!(
+                                        "Content parts of type '{kind}' are not supported: \
+                                         this server serves text models."
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    texts.join("\n")
+                }
+            };
+            Ok(ChatMessage {
+                role: m.role,
+                content,
+            })
+        })
+        .collect()
+}
+
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
+    logprobs: bool,
+    include_usage: bool,
+}
+
+impl ChatChunks {
+    fn chunk(&self, choice: Option<ChunkChoice>, usage: Option<Usage>) -> String {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices: choice.into_iter().collect(),
+            usage: self.include_usage.then_some(usage),
+        };
+        serde_json::to_string(&chunk).expect("chunks serialize")
+    }
+}
+
+impl Chunks for ChatChunks {
+    fn start(&mut self) -> Option<String> {
+        let delta = Delta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        };
+        Some(self.chunk(
+            Some(ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            }),
+            None,
+        ))
+    }
+
+    fn delta(
+        &mut self,
+        text: &str,
+        logprob: Option<&TokenLogprob>,
+        top: &[TokenLogprob],
+    ) -> String {
+        let logprobs = match (self.logprobs, logprob) {
+            (true, Some(lp)) => Some(ChatLogprobs {
+                content: vec![ChatTokenLogprob::new(lp, top)],
+                refusal: None,
+            }),
+            _ => None,
+        };
+        let delta = Delta {
+            role: None,
+            content: Some(text.to_owned()),
+        };
+        self.chunk(
+            Some(ChunkChoice {
+                index: 0,
+                delta,
+                logprobs,
+                finish_reason: None,
+            }),
+            None,
+        )
+    }
+
+    fn finish(&mut self, finish_reason: &str) -> String {
+        self.chunk(
+            Some(ChunkChoice {
+                index: 0,
+                delta: Delta::default(),
+                logprobs: None,
+                finish_reason: Some(finish_reason.to_owned()),
+            }),
+            None,
+        )
+    }
+
+    fn usage(&mut self, usage: Usage) -> String {
+        self.chunk(None, Some(usage))
+    }
+}

@@ -1,0 +1,258 @@
+//! `POST /v1/completions`: a plain prompt, no chat template.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use tracing::Span;
+
+use crate::backend::{GenerateRequest, Prompt, TokenLogprob};
+use crate::error::ApiError;
+use crate::extract::{typed, JsonObject};
+use crate::generate::{self, new_id, unix_now, Chunks, Run, SamplingFields};
+use crate::middleware::RequestContext;
+use crate::openai::{
+    CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs, Usage,
+};
+use crate::AppState;
+
+/// OpenAI's default for this endpoint (chat has none).
+const DEFAULT_MAX_TOKENS: usize = 16;
+/// The legacy API's limit on `logprobs`.
+const MAX_LOGPROBS: i64 = 5;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    if let Some(response) = state.upstream_route(&body, "completions").await? {
+        return Ok(response);
+    }
+    let req: CompletionRequest = typed(body)?;
+    let prompt = prompt(req.prompt)?;
+    if let Some(best_of) = req.best_of.filter(|&b| b != 1) {
+        return Err(ApiError::invalid_param(
+            "best_of",
+            format!("Invalid 'best_of': {best_of}. This server generates one choice (best_of=1)."),
+        ));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "'suffix' (insertion) is not supported by this server.",
+        ));
+    }
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(n) if (0..=MAX_LOGPROBS).contains(&n) => Some(n as u8),
+        Some(n) => {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                format!("Invalid 'logprobs': {n}. It must be between 0 and {MAX_LOGPROBS}."),
+            ))
+        }
+    };
+    let sampling = SamplingFields {
+        max_tokens: req.max_tokens.map(|v| ("max_tokens", v)),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repeat_penalty: req.repeat_penalty,
+        seed: req.seed,
+        stop: req.stop,
+        n: req.n,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+    }
+    .check(Some(DEFAULT_MAX_TOKENS))?;
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let echo = req.echo.unwrap_or(false);
+
+    let slot = state.acquire().await?;
+    let admitted = Instant::now();
+    let id = new_id("cmpl");
+    Span::current().record("completion_id", tracing::field::display(&id));
+    let generation = state
+        .backend
+        .generate(GenerateRequest {
+            request_id: id.clone(),
+            model: req.model.clone(),
+            prompt: Prompt::Text(prompt.clone()),
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k,
+            min_p: sampling.min_p,
+            repeat_penalty: sampling.repeat_penalty,
+            seed: sampling.seed,
+            stop: sampling.stop,
+            logprobs: logprobs.is_some(),
+            top_logprobs: logprobs.unwrap_or(0),
+        })
+        .await
+        .map_err(|e| {
+            let e = ApiError::from(e);
+            if e.code == Some("context_length_exceeded") {
+                e.with_param("prompt")
+            } else {
+                e
+            }
+        })?;
+    let run = Run {
+        state: state.clone(),
+        span: Span::current(),
+        model: req.model.clone(),
+        received: ctx.received,
+        admitted,
+        first_token: None,
+        _slot: slot,
+    };
+    let created = unix_now();
+    let echoed = if echo { prompt } else { String::new() };
+    if stream {
+        let chunks = TextChunks {
+            id,
+            created,
+            model: req.model,
+            include_usage,
+            logprobs: logprobs.is_some(),
+            offset: echoed.len(),
+            echo: echo.then_some(echoed),
+        };
+        return Ok(generate::stream(run, generation, chunks, include_usage));
+    }
+    let done = generate::collect(run, generation).await?;
+    let logprobs = logprobs.map(|_| {
+        let mut lp = TextLogprobs::default();
+        let mut offset = echoed.len();
+        for (token, top) in &done.tokens {
+            lp.push(token, top, offset);
+            offset += token.token.len();
+        }
+        lp
+    });
+    Ok(Json(TextCompletion {
+        id,
+        object: "text_completion",
+        created,
+        model: req.model,
+        system_fingerprint: None,
+        choices: vec![TextChoice {
+            text: echoed + &done.text,
+            index: 0,
+            logprobs,
+            finish_reason: Some(done.finish_reason),
+        }],
+        usage: Some(Some(done.usage)),
+    })
+    .into_response())
+}
+
+fn prompt(input: PromptInput) -> Result<String, ApiError> {
+    match input {
+        PromptInput::Text(text) => Ok(text),
+        PromptInput::Texts(mut texts) if texts.len() == 1 => Ok(texts.remove(0)),
+        PromptInput::Texts(texts) if texts.is_empty() => Err(ApiError::invalid_param(
+            "prompt",
+            "'prompt' must not be empty.",
+        )),
+        PromptInput::Texts(_) => Err(ApiError::invalid_param(
+            "prompt",
+            "This server takes one prompt per request.",
+        )),
+        PromptInput::Tokens(_) | PromptInput::TokenBatches(_) => Err(ApiError::invalid_param(
+            "prompt",
+            "Prompts as token ids are not supported; send text.",
+        )),
+    }
+}
+
+struct TextChunks {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    logprobs: bool,
+    /// Byte offset of the next token in the text (the echoed prompt included).
+    offset: usize,
+    echo: Option<String>,
+}
+
+impl TextChunks {
+    fn chunk(&self, choice: Option<TextChoice>, usage: Option<Usage>) -> String {
+        let chunk = TextCompletion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices: choice.into_iter().collect(),
+            usage: self.include_usage.then_some(usage),
+        };
+        serde_json::to_string(&chunk).expect("chunks serialize")
+    }
+}
+
+impl Chunks for TextChunks {
+    fn start(&mut self) -> Option<String> {
+        let text = self.echo.take()?;
+        Some(self.chunk(
+            Some(TextChoice {
+                text,
+                index: 0,
+                logprobs: None,
+                finish_reason: None,
+            }),
+            None,
+        ))
+    }
+
+    fn delta(
+        &mut self,
+        text: &str,
+        logprob: Option<&TokenLogprob>,
+        top: &[TokenLogprob],
+    ) -> String {
+        let logprobs = match (self.logprobs, logprob) {
+            (true, Some(lp)) => {
+                let mut out = TextLogprobs::default();
+                out.push(lp, top, self.offset);
+                Some(out)
+            }
+            _ => None,
+        };
+        self.offset += text.len();
+        self.chunk(
+            Some(TextChoice {
+                text: text.to_owned(),
+                index: 0,
+                logprobs,
+                finish_reason: None,
+            }),
+            None,
+        )
+    }
+
+    fn finish(&mut self, finish_reason: &str) -> String {
+        self.chunk(
+            Some(TextChoice {
+                text: String::new(),
+                index: 0,
+                logprobs: None,
+                finish_reason: Some(finish_reason.to_owned()),
+            }),
+            None,
+        )
+    }
+
+    fn usage(&mut self, usage: Usage) -> String {
+        self.chunk(None, Some(usage))
+    }
+}
