@@ -1,11 +1,12 @@
 //! `exo-p2p serve`: a node that runs until Ctrl-C.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use exo_engine::RunnerLimits;
 
 use crate::{
+    backend::NodeBackend,
     cli::{MeshArgs, ServeArgs},
     identity,
     node::{Node, NodeOptions},
@@ -72,9 +73,25 @@ impl MeshArgs {
 pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
     let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads)?;
     opts.api_port = Some(args.api_port);
-    let node = Node::start(opts).await?;
-    eprintln!("exo-p2p node {} is up", node.client.local_peer_id());
-    shutdown_signal().await;
+    // Bind the API first: a port already in use is an error before anything else starts.
+    let listener = tokio::net::TcpListener::bind((args.api_host.as_str(), args.api_port))
+        .await
+        .with_context(|| format!("cannot listen for the API on {}:{}", args.api_host, args.api_port))?;
+    let config = exo_api::ApiConfig {
+        api_key: args.api_key.clone(),
+        max_concurrent: args.max_concurrent.max(1),
+        upstream: exo_api::UpstreamConfig::from_file_and_env(args.upstream_config.as_deref())?,
+        ..Default::default()
+    };
+    let node = Arc::new(Node::start(opts).await?);
+    let backend = Arc::new(NodeBackend::new(node.clone()));
+    eprintln!(
+        "exo-p2p node {} is up; API and chat page on http://{}:{}",
+        node.client.local_peer_id(),
+        args.api_host,
+        args.api_port
+    );
+    exo_api::serve_with_shutdown(listener, backend, config, shutdown_signal()).await?;
     eprintln!("shutting down");
     // Give in-flight replies a moment to leave.
     tokio::time::sleep(Duration::from_millis(200)).await;
