@@ -29,6 +29,8 @@ pub enum EngineError {
     Invalid(String),
     #[error("busy: {0}")]
     Busy(String),
+    #[error("request {key} has no KV cache on {range} (expired, or this node restarted)")]
+    MissingCache { key: String, range: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -112,12 +112,13 @@ impl ShardRunner {
     ) -> Result<Arc<Mutex<RequestState>>> {
         let mut requests = self.requests.lock().expect("requests poisoned");
         if position > 0 {
-            return requests.get(key).cloned().ok_or_else(|| {
-                EngineError::Invalid(format!(
-                    "request {key} has no KV cache on {} (expired or never started)",
-                    self.model.range()
-                ))
-            });
+            return requests
+                .get(key)
+                .cloned()
+                .ok_or_else(|| EngineError::MissingCache {
+                    key: key.to_string(),
+                    range: self.model.range().to_string(),
+                });
         }
         requests.remove(key);
         self.evict_idle(&mut requests);

@@ -7,7 +7,7 @@ use exo_api::{
     TokenLogprob,
 };
 use exo_engine::{ChatMessage, ModelInfo};
-use exo_protocol::SamplingParams;
+use exo_protocol::{ErrorKind, SamplingParams};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::{
     generate::{generate, Delta, DeltaSink, GenerateParams},
     node::Node,
-    ring::RingStepper,
+    ring::{RingError, RingStepper},
 };
 
 pub struct NodeBackend {
@@ -82,6 +82,29 @@ impl DeltaSink for ChannelSink {
     }
 }
 
+/// The HTTP-facing error for a failed generation.
+fn backend_error(e: &anyhow::Error) -> BackendError {
+    match e.downcast_ref::<RingError>() {
+        Some(r) => match r.kind {
+            ErrorKind::Busy => BackendError::Busy(r.to_string()),
+            ErrorKind::ContextFull => BackendError::BadRequest(r.to_string()),
+            ErrorKind::Unreachable => BackendError::Unavailable(r.to_string()),
+            _ => BackendError::Internal(r.to_string()),
+        },
+        None => BackendError::Internal(format!("{e:#}")),
+    }
+}
+
+fn error_kind(e: &BackendError) -> &'static str {
+    match e {
+        BackendError::ModelNotFound(_) => "model_not_found",
+        BackendError::BadRequest(_) | BackendError::ContextLength { .. } => "bad_request",
+        BackendError::Busy(_) => "busy",
+        BackendError::Unavailable(_) => "unavailable",
+        BackendError::Internal(_) => "internal",
+    }
+}
+
 impl Backend for NodeBackend {
     fn models(&self) -> BoxFuture<'_, Vec<ModelCard>> {
         Box::pin(async move {
@@ -145,9 +168,11 @@ impl Backend for NodeBackend {
                 max_tokens: max_tokens.min(context - prompt.len()),
                 stop: req.stop.clone(),
             };
-            let (tx, rx) = mpsc::channel(64);
+            let (tx, mut rx) = mpsc::channel(64);
             let prompt_tokens = prompt.len();
-            let mut stepper = RingStepper::new(self.node.host.clone(), plan);
+            let mut stepper = RingStepper::new(self.node.ring(), plan);
+            let metrics = self.node.metrics.clone();
+            metrics.requests.inc();
             let span =
                 tracing::info_span!("generation", request_id = %req.request_id, model = %req.model);
             tokio::spawn(
@@ -160,29 +185,54 @@ impl Backend for NodeBackend {
                     let result =
                         generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink).await;
                     let event = match result {
-                        Ok(s) => GenerationEvent::Done {
-                            finish_reason: s.finish.as_str().to_string(),
-                            prompt_tokens: s.prompt_tokens,
-                            completion_tokens: s.completion_tokens,
-                        },
+                        Ok(s) => {
+                            metrics.tokens.inc_by(s.completion_tokens as u64);
+                            GenerationEvent::Done {
+                                finish_reason: s.finish.as_str().to_string(),
+                                prompt_tokens: s.prompt_tokens,
+                                completion_tokens: s.completion_tokens,
+                            }
+                        }
                         Err(e) if tx.is_closed() => {
+                            metrics.error("cancelled");
                             tracing::info!(
                                 "client went away; generation cancelled and released ({e})"
                             );
                             return;
                         }
                         Err(e) => {
+                            let err = backend_error(&e);
+                            metrics.error(error_kind(&err));
                             tracing::warn!(error = %format!("{e:#}"), "generation failed");
-                            GenerationEvent::Error(BackendError::Internal(format!("{e:#}")))
+                            GenerationEvent::Error(err)
                         }
                     };
                     let _ = tx.send(event).await;
                 }
                 .instrument(span),
             );
+            // Errors before the first token (a busy ring, no room, a lost node that left no
+            // plan) become the HTTP status; afterwards they travel in the stream.
+            let first = rx.recv().await;
+            if let Some(GenerationEvent::Error(e)) = first {
+                return Err(e);
+            }
+            let (tx2, rx2) = mpsc::channel(64);
+            tokio::spawn(async move {
+                if let Some(ev) = first {
+                    if tx2.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(ev) = rx.recv().await {
+                    if tx2.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            });
             Ok(Generation {
                 prompt_tokens,
-                events: rx,
+                events: rx2,
             })
         })
     }
@@ -208,12 +258,17 @@ impl Backend for NodeBackend {
     fn metrics(&self) -> BoxFuture<'_, String> {
         Box::pin(async move {
             let (requests, bytes) = self.node.host.kv_usage().await;
-            format!(
+            let mut text = format!(
                 "# HELP exo_kv_cache_requests Requests holding a KV cache on this node.\n\
                  # TYPE exo_kv_cache_requests gauge\nexo_kv_cache_requests {requests}\n\
                  # HELP exo_kv_cache_bytes Bytes of KV cache held on this node.\n\
                  # TYPE exo_kv_cache_bytes gauge\nexo_kv_cache_bytes {bytes}\n"
-            )
+            );
+            let ours = self.node.metrics.encode();
+            // Our registry ends with its own `# EOF`; the API appends its counters after us.
+            text.push_str(ours.trim_end().trim_end_matches("# EOF").trim_end());
+            text.push('\n');
+            text
         })
     }
 }

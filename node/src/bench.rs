@@ -119,7 +119,7 @@ async fn concurrent_tg(
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let mut s = RingStepper::new(node.host.clone(), plan.clone());
+            let mut s = RingStepper::new(node.ring(), plan.clone());
             let prompt = prompt[..1].to_vec();
             tokio::spawn(async move {
                 let p = SamplingParams::greedy();
@@ -186,11 +186,11 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
         .await?;
         let plan = node.plan(&info.id).context("no ring for the model")?;
         let name = format!("ring of {}", plan.stages.len());
-        let host = node.host.clone();
+        let ring = node.ring();
         measure_rows(
             &mut rows,
             &name,
-            || BoxedStepper::Ring(RingStepper::new(host.clone(), plan.clone())),
+            || BoxedStepper::Ring(RingStepper::new(ring.clone(), plan.clone())),
             &prompt,
             &args,
         )

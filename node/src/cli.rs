@@ -171,6 +171,19 @@ pub struct ServeArgs {
     /// OpenAI-compatible upstream providers for models the mesh does not serve (TOML or JSON).
     #[arg(long, value_name = "FILE", env = "EXO_UPSTREAM_CONFIG")]
     pub upstream_config: Option<PathBuf>,
+    /// Free a request's KV cache on this node after it has been idle this many seconds (its
+    /// driver is presumed gone).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 120,
+        env = "EXO_KV_IDLE_TIMEOUT"
+    )]
+    pub kv_idle_timeout: u64,
+    /// KV-cache memory this node may hold across requests; beyond it new requests are refused
+    /// (HTTP 429) rather than risk running out of memory.
+    #[arg(long, value_name = "BYTES", default_value = "4G", env = "EXO_MAX_KV_MEMORY", value_parser = parse_memory)]
+    pub max_kv_memory: u64,
 }
 
 /// Sampling and length settings of a generation.

@@ -16,7 +16,7 @@ use exo_protocol::{
 use libp2p::PeerId;
 use tokio::sync::Mutex;
 
-use crate::{models::ModelRegistry, network::Client};
+use crate::{metrics::Metrics, models::ModelRegistry, network::Client};
 
 pub struct ShardHost {
     local: PeerId,
@@ -28,6 +28,7 @@ pub struct ShardHost {
     shards: Mutex<HashMap<String, Arc<ShardRunner>>>,
     /// This node's capability record, without the parts the host or network fill in.
     record: std::sync::Mutex<CapabilityRecord>,
+    metrics: Arc<Metrics>,
 }
 
 fn engine_error(peer: &PeerId, e: EngineError) -> ActivationResponse {
@@ -35,6 +36,7 @@ fn engine_error(peer: &PeerId, e: EngineError) -> ActivationResponse {
         EngineError::Busy(_) => ErrorKind::Busy,
         EngineError::ContextFull { .. } => ErrorKind::ContextFull,
         EngineError::Invalid(_) => ErrorKind::BadRequest,
+        EngineError::MissingCache { .. } => ErrorKind::CacheMissing,
         _ => ErrorKind::Compute,
     };
     ActivationResponse::error(kind, peer.to_string(), e.to_string())
@@ -46,6 +48,7 @@ impl ShardHost {
         models: Arc<ModelRegistry>,
         limits: RunnerLimits,
         record: CapabilityRecord,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             local: client.local_peer_id(),
@@ -54,6 +57,7 @@ impl ShardHost {
             limits,
             shards: Mutex::new(HashMap::new()),
             record: std::sync::Mutex::new(record),
+            metrics,
         }
     }
 
@@ -188,6 +192,7 @@ impl ShardHost {
             req.sampling.clone(),
         );
         let step_key = key.clone();
+        self.metrics.frames.inc();
         let out = tokio::task::spawn_blocking(move || {
             runner.step(&step_key, position, &tokens, hidden, &sampling)
         })
@@ -235,7 +240,14 @@ impl ShardHost {
                 "invalid peer id in plan",
             );
         };
-        match self.client.request(peer, req).await {
+        let bytes = match &req.payload {
+            Payload::Hidden(f) => f.data.len() as u64,
+            _ => 0,
+        } + 4 * req.tokens.len() as u64;
+        let started = std::time::Instant::now();
+        let result = self.client.request(peer, req).await;
+        self.metrics.hop(&peer_str, started.elapsed(), bytes);
+        match result {
             Ok(resp) => resp,
             Err(e) => ActivationResponse::error(ErrorKind::Unreachable, peer_str, e.to_string()),
         }

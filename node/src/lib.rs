@@ -9,6 +9,7 @@ pub mod host;
 pub mod identity;
 pub mod local;
 pub mod logging;
+pub mod metrics;
 pub mod models;
 pub mod network;
 pub mod node;

@@ -12,8 +12,10 @@ use tokio::sync::watch;
 use crate::{
     host::ShardHost,
     identity,
+    metrics::Metrics,
     models::ModelRegistry,
     network::{self, Client, Inbound, NetworkConfig},
+    ring::Ring,
     sysinfo,
     topology::Topology,
 };
@@ -40,6 +42,7 @@ pub struct Node {
     pub host: Arc<ShardHost>,
     pub topology: watch::Receiver<Topology>,
     pub models: Arc<ModelRegistry>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -69,11 +72,13 @@ impl Node {
         record.models = models.offers();
         record.api_port = opts.api_port;
         record.software = crate::cli::VERSION.to_string();
+        let metrics = Arc::new(Metrics::default());
         let host = Arc::new(ShardHost::new(
             client.clone(),
             models.clone(),
-            opts.limits,
+            opts.limits.clone(),
             record,
+            metrics.clone(),
         ));
         host.publish(|_| {}).await;
 
@@ -83,26 +88,33 @@ impl Node {
             while let Some(msg) = inbound.recv().await {
                 let (host, client) = (h.clone(), c.clone());
                 tokio::spawn(async move {
-                    let response = match msg.request {
-                        Inbound::Request(req) => host.handle(*req).await,
-                        Inbound::Invalid(reason) => {
-                            tracing::warn!(peer = %msg.peer, %reason, "malformed activation frame");
-                            ActivationResponse::error(
-                                ErrorKind::BadRequest,
-                                host.local().to_string(),
-                                reason,
-                            )
+                    match msg.request {
+                        Inbound::Request(req) => {
+                            let response = host.handle(*req).await;
+                            client.respond(msg.channel, response).await;
                         }
-                    };
-                    client.respond(msg.channel, response).await;
+                        Inbound::Invalid(reason) => {
+                            // A peer that sends garbage gets an error reply and is cut off;
+                            // everyone else is served as before.
+                            tracing::warn!(peer = %msg.peer, %reason, "malformed activation frame; disconnecting the peer");
+                            let local = host.local().to_string();
+                            let response =
+                                ActivationResponse::error(ErrorKind::BadRequest, local, reason);
+                            client.respond(msg.channel, response).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            client.disconnect(msg.peer).await;
+                        }
+                    }
                 });
             }
         });
 
         // Housekeeping: free caches of vanished drivers, keep available memory current.
         let (h, memory) = (host.clone(), opts.memory);
+        let every = (opts.limits.idle_timeout / 2)
+            .clamp(Duration::from_millis(500), Duration::from_secs(10));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 h.sweep().await;
@@ -117,7 +129,17 @@ impl Node {
             host,
             topology,
             models,
+            metrics,
         })
+    }
+
+    /// What a driver needs to run requests on the mesh.
+    pub fn ring(&self) -> Ring {
+        Ring {
+            host: self.host.clone(),
+            topology: self.topology.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// The ring for `model` according to the current topology.

@@ -102,7 +102,7 @@ async fn run_on_ring(args: RunArgs, threads: usize) -> Result<()> {
         tracing::info!(peer = %s.peer, start = s.layers.start, end = s.layers.end, "ring stage");
     }
     let prompt = encode(&args, &info)?;
-    let stepper = RingStepper::new(node.host.clone(), plan);
+    let stepper = RingStepper::new(node.ring(), plan);
     stream_to_stdout(stepper, &info, &prompt, &args).await
 }
 

@@ -73,10 +73,17 @@ impl MeshArgs {
 pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
     let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads)?;
     opts.api_port = Some(args.api_port);
+    opts.limits.idle_timeout = Duration::from_secs(args.kv_idle_timeout.max(1));
+    opts.limits.max_kv_bytes = args.max_kv_memory as usize;
     // Bind the API first: a port already in use is an error before anything else starts.
     let listener = tokio::net::TcpListener::bind((args.api_host.as_str(), args.api_port))
         .await
-        .with_context(|| format!("cannot listen for the API on {}:{}", args.api_host, args.api_port))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for the API on {}:{}",
+                args.api_host, args.api_port
+            )
+        })?;
     let config = exo_api::ApiConfig {
         api_key: args.api_key.clone(),
         max_concurrent: args.max_concurrent.max(1),

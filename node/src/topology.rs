@@ -1,10 +1,30 @@
 //! What this node knows of the mesh: every node's latest capability record, how we are
 //! connected to it, and the ring a request for a model would use now.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Instant,
+};
 
 use exo_protocol::{partition, CapabilityRecord, ModelOffer, PartitionError, Plan, RingNode};
 use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error(
+        "not enough memory for {model}: its weights need {} MiB, the {nodes} node(s) serving it offer {} MiB",
+        need >> 20,
+        have >> 20
+    )]
+    NotEnoughMemory {
+        model: String,
+        nodes: usize,
+        need: u64,
+        have: u64,
+    },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connection {
@@ -129,19 +149,45 @@ impl Topology {
     }
 
     /// The ring a request for `model` would use now: every node serving it, weighted by memory.
-    pub fn plan(&self, model: &str) -> Result<Plan, PartitionError> {
-        let n_layers = self
+    pub fn plan(&self, model: &str) -> Result<Plan, PlanError> {
+        self.plan_excluding(model, &HashSet::new())
+    }
+
+    /// The ring without the nodes in `exclude` (lost mid-request). Each node must have the
+    /// memory for its share of the weights.
+    pub fn plan_excluding(
+        &self,
+        model: &str,
+        exclude: &HashSet<String>,
+    ) -> Result<Plan, PlanError> {
+        let offer = self
             .offer(model)
-            .map(|m| m.n_layers)
             .ok_or_else(|| PartitionError::NoNodes(model.to_string()))?;
         let nodes: Vec<RingNode> = self
             .serving(model)
+            .filter(|e| !exclude.contains(&e.record.peer_id))
             .map(|e| RingNode {
                 peer: e.record.peer_id.clone(),
                 memory: e.record.memory_total,
             })
             .collect();
-        partition(model, n_layers, &nodes)
+        let plan = partition(model, offer.n_layers, &nodes)?;
+        for stage in &plan.stages {
+            let need = offer.bytes * stage.layers.len() as u64 / offer.n_layers.max(1) as u64;
+            let have = nodes
+                .iter()
+                .find(|n| n.peer == stage.peer)
+                .map_or(0, |n| n.memory);
+            if need > have {
+                return Err(PlanError::NotEnoughMemory {
+                    model: model.to_string(),
+                    nodes: nodes.len(),
+                    need: offer.bytes,
+                    have: nodes.iter().map(|n| n.memory).sum(),
+                });
+            }
+        }
+        Ok(plan)
     }
 
     /// `GET /v1/topology`.
@@ -221,9 +267,27 @@ mod tests {
         let plan = t.plan("m").unwrap();
         assert_eq!(plan.stages.len(), 2);
         assert!(t.plan("missing").is_err());
+        let without_b = t
+            .plan_excluding("m", &HashSet::from(["b".to_string()]))
+            .unwrap();
+        assert_eq!(without_b.stages.len(), 1);
         let json = t.to_json();
         assert_eq!(json["rings"]["m"][1]["end"], 24);
         assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn plans_that_do_not_fit_in_memory_are_refused() {
+        let mut t = Topology::new("a".into());
+        let mut a = record("a", 100, &["m"]);
+        a.models[0].bytes = 150;
+        t.upsert(a, Connection::Local);
+        t.upsert(record("b", 100, &["m"]), Connection::Direct);
+        assert!(t.plan("m").is_ok());
+        let err = t
+            .plan_excluding("m", &HashSet::from(["b".to_string()]))
+            .unwrap_err();
+        assert!(err.to_string().contains("not enough memory"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,10 @@ fn python_available(test: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         let msg = format!("SKIPPED {test}: needs python3 with venv (apt-get install python3-venv)");
-        assert!(std::env::var("EXO_REQUIRE_PYTHON").as_deref() != Ok("1"), "{msg}");
+        assert!(
+            std::env::var("EXO_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "{msg}"
+        );
         eprintln!("{msg}");
     }
     ok
@@ -28,10 +31,22 @@ fn expected_chat() -> String {
     let out = Command::new(bin())
         .arg("run")
         .arg(test_model(QWEN))
-        .args(["--chat", "-p", PROMPT, "-n", MAX_TOKENS, "--temperature", "0"])
+        .args([
+            "--chat",
+            "-p",
+            PROMPT,
+            "-n",
+            MAX_TOKENS,
+            "--temperature",
+            "0",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -57,7 +72,13 @@ fn openai_client_and_browser_against_one_node() {
         return;
     }
     let mut a = Node::new("a");
-    a.start(&["--model", test_model(QWEN).to_str().unwrap(), "--no-mdns", "--api-key", "sekrit"]);
+    a.start(&[
+        "--model",
+        test_model(QWEN).to_str().unwrap(),
+        "--no-mdns",
+        "--api-key",
+        "sekrit",
+    ]);
     a.wait_ready();
     pytest(&a, "sekrit", "openai_client or real_node or web_page");
 }
@@ -73,8 +94,24 @@ fn openai_client_through_a_two_node_ring() {
     let mut b = Node::new("layers");
     let pa = a.addr();
     // The API node offers little memory, so the other node holds most layers.
-    a.start(&["--model", qwen, "--no-mdns", "--memory", "1G", "--api-key", "sekrit"]);
-    b.start(&["--model", qwen, "--no-mdns", "--memory", "8G", "--peer", &pa]);
+    a.start(&[
+        "--model",
+        qwen,
+        "--no-mdns",
+        "--memory",
+        "1G",
+        "--api-key",
+        "sekrit",
+    ]);
+    b.start(&[
+        "--model",
+        qwen,
+        "--no-mdns",
+        "--memory",
+        "8G",
+        "--peer",
+        &pa,
+    ]);
     a.wait_ready();
     b.wait_ready();
     // Topology needs the key too.
@@ -84,7 +121,11 @@ fn openai_client_through_a_two_node_ring() {
             .call()
             .ok()?;
         let topo: serde_json::Value = resp.into_body().read_json().ok()?;
-        (topo["rings"]["qwen2.5-coder-0.5b-instruct-q4_k_m"].as_array()?.len() == 2).then_some(())
+        (topo["rings"]["qwen2.5-coder-0.5b-instruct-q4_k_m"]
+            .as_array()?
+            .len()
+            == 2)
+            .then_some(())
     });
     pytest(&a, "sekrit", "openai_client or real_node");
 }

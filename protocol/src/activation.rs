@@ -200,9 +200,12 @@ pub enum ErrorKind {
     Compute,
     /// The next peer in the ring could not be reached or did not answer in time.
     Unreachable,
-    /// The stage has reached a limit (concurrent requests, KV memory, context length).
+    /// The stage has reached a limit (concurrent requests, KV memory).
     Busy,
     ContextFull,
+    /// The stage no longer holds the request's KV cache (it restarted, or the cache expired):
+    /// the driver replays the request from position 0.
+    CacheMissing,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -380,6 +380,9 @@ impl EventLoop {
                     self.redialer.add(a);
                 }
             }
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::AddExternal(addr) => {
                 self.swarm.add_external_address(addr);
             }

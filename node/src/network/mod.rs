@@ -92,6 +92,7 @@ pub(crate) enum Command {
     Dial(Multiaddr),
     AddStaticPeers(Vec<Multiaddr>),
     AddExternal(Multiaddr),
+    Disconnect(PeerId),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
 }
 
@@ -152,6 +153,11 @@ impl Client {
     /// reservations).
     pub async fn add_external_address(&self, addr: Multiaddr) {
         let _ = self.send(Command::AddExternal(addr)).await;
+    }
+
+    /// Closes every connection to `peer` (e.g. after it sent garbage).
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.send(Command::Disconnect(peer)).await;
     }
 
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
