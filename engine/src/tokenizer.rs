@@ -21,6 +21,8 @@ use tokenizers::{
     AddedToken, SplitDelimiterBehavior, Tokenizer,
 };
 
+use std::sync::Arc;
+
 use crate::{
     error::{EngineError, Result},
     source::{Meta, Source},
@@ -35,10 +37,11 @@ const GPT2_REGEX: &str =
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
-/// A model's tokenizer together with the special ids generation needs.
+/// A model's tokenizer together with the special ids generation needs. Cloning is cheap: the
+/// vocabulary (hundreds of thousands of entries) is shared.
 #[derive(Clone)]
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Arc<Tokenizer>,
     bos: Option<u32>,
     add_bos: bool,
     /// Ids that end generation (end of sequence, end of turn).
@@ -123,7 +126,7 @@ impl TextTokenizer {
             }
         }
         let mut t = Self {
-            inner,
+            inner: Arc::new(inner),
             bos: None,
             add_bos: false,
             eog,
@@ -171,7 +174,7 @@ impl TextTokenizer {
             .collect();
         eog.retain(|&t| (t as usize) < tokens.len());
         let mut t = Self {
-            inner,
+            inner: Arc::new(inner),
             bos: id("bos_token_id"),
             add_bos: src
                 .meta_bool_opt("tokenizer.ggml.add_bos_token")

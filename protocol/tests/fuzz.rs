@@ -57,20 +57,71 @@ fn seeds() -> Vec<Vec<u8>> {
     let plan = Plan {
         model: "qwen".into(),
         stages: vec![
-            Stage { peer: "a".into(), layers: LayerRange::new(0, 12, 24) },
-            Stage { peer: "b".into(), layers: LayerRange::new(12, 24, 24) },
+            Stage {
+                peer: "a".into(),
+                layers: LayerRange::new(0, 12, 24),
+            },
+            Stage {
+                peer: "b".into(),
+                layers: LayerRange::new(12, 24, 24),
+            },
         ],
     };
-    let hidden = TensorFrame { dtype: TensorDType::F32, shape: vec![1, 2, 8], data: vec![3; 64] };
+    let hidden = TensorFrame {
+        dtype: TensorDType::F32,
+        shape: vec![1, 2, 8],
+        data: vec![3; 64],
+    };
     let mut record = CapabilityRecord::new("peer".into());
-    record.models.push(ModelOffer { id: "m".into(), n_layers: 24, bytes: 9, arch: "qwen2".into() });
-    record.loaded.push(LoadedShard { model: "m".into(), layers: LayerRange::new(0, 12, 24) });
-    record.files.push(FileOffer { repo: "o/r".into(), file: "f.gguf".into(), size: 1, sha256: "00".into() });
+    record.models.push(ModelOffer {
+        id: "m".into(),
+        n_layers: 24,
+        bytes: 9,
+        arch: "qwen2".into(),
+    });
+    record.loaded.push(LoadedShard {
+        model: "m".into(),
+        layers: LayerRange::new(0, 12, 24),
+    });
+    record.files.push(FileOffer {
+        repo: "o/r".into(),
+        file: "f.gguf".into(),
+        size: 1,
+        sha256: "00".into(),
+    });
     vec![
-        encode(&ActivationRequest::new(1, "d".into(), plan.clone(), 3, vec![1, 2], Payload::Hidden(hidden), SamplingParams::default())).unwrap(),
-        encode(&ActivationRequest::new(1, "d".into(), plan, 0, vec![5; 9], Payload::Tokens, SamplingParams::default())).unwrap(),
-        encode(&ActivationResponse::new(Outcome::Token(TokenOut { id: 7, logprob: Some(-1.0), top: vec![(7, -1.0)] }))).unwrap(),
-        encode(&ActivationResponse::error(ErrorKind::Unreachable, "b", "gone")).unwrap(),
+        encode(&ActivationRequest::new(
+            1,
+            "d".into(),
+            plan.clone(),
+            3,
+            vec![1, 2],
+            Payload::Hidden(hidden),
+            SamplingParams::default(),
+        ))
+        .unwrap(),
+        encode(&ActivationRequest::new(
+            1,
+            "d".into(),
+            plan,
+            0,
+            vec![5; 9],
+            Payload::Tokens,
+            SamplingParams::default(),
+        ))
+        .unwrap(),
+        encode(&ActivationResponse::new(Outcome::Token(TokenOut {
+            id: 7,
+            logprob: Some(-1.0),
+            top: vec![(7, -1.0)],
+        })))
+        .unwrap(),
+        encode(&ActivationResponse::error(
+            ErrorKind::Unreachable,
+            "b",
+            "gone",
+        ))
+        .unwrap(),
         encode(&record).unwrap(),
     ]
 }
