@@ -612,10 +612,13 @@ impl EventLoop {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
                 self.dial_peer(peer);
             }
+            // A peer that stops answering pings is gone (sleeping laptop, dead process behind
+            // a NAT that keeps the TCP connection): drop it so rings notice within seconds. A
+            // peer that does not speak ping at all is not a failure.
             BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
-                result: Err(e),
+                result: Err(e @ (ping::Failure::Timeout | ping::Failure::Other { .. })),
             }) => {
                 tracing::info!(%peer, error = %e, "ping failed; closing the connection");
                 self.swarm.close_connection(connection);
