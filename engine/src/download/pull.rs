@@ -182,14 +182,14 @@ impl Downloader {
         }
         let layers = opts.layers.as_ref();
         if opts.prefer_local {
-            if let Some(m) = self.from_store(&h, layers)? {
+            if let Some(m) = self.stored_copy(&h, layers)? {
                 tracing::info!(repo = %h.repo, "using the store's copy");
                 return Ok(m);
             }
         }
         let info = match self.repo_info(&h).await {
             Ok(info) => info,
-            Err(e) if e.is_unreachable() => match self.from_store(&h, layers)? {
+            Err(e) if e.is_unreachable() => match self.stored_copy(&h, layers)? {
                 Some(m) => {
                     tracing::warn!(repo = %h.repo, "cannot reach the hub ({e}); using the store's copy");
                     return Ok(m);
@@ -290,7 +290,7 @@ impl Downloader {
     }
 
     /// The store's copy when it has every file `h` needs.
-    fn from_store(&self, h: &HubRef, layers: Option<&LayerRange>) -> Result<Option<PulledModel>> {
+    fn stored_copy(&self, h: &HubRef, layers: Option<&LayerRange>) -> Result<Option<PulledModel>> {
         let r = ModelRef::Hub(h.clone());
         let Some(path) = self.store.resolve(&r, layers)? else {
             return Ok(None);
