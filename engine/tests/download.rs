@@ -1079,3 +1079,29 @@ async fn resume_after_killed_process() {
     assert!(from >= 1 << 20, "resumed from {from}");
     assert_eq!(cdn[0].status, 206);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_model_download_it_once() {
+    let hub = MockHub::start().await;
+    hub.add_repo(
+        "acme/c-GGUF",
+        vec![("c-Q4_K_M.gguf", mem(1 << 20, 4), true)],
+    );
+    hub.set_faults(
+        "acme/c-GGUF",
+        "c-Q4_K_M.gguf",
+        Faults {
+            throttle: Some(Duration::from_millis(5)),
+            ..Default::default()
+        },
+    );
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (downloader(&hub, home.path()), downloader(&hub, home.path()));
+    let r = parse_reference("acme/c-GGUF");
+    let opts = PullOptions::default();
+    let (pa, pb) = bounded(async { tokio::join!(a.pull(&r, &opts), b.pull(&r, &opts)) }).await;
+    let (pa, pb) = (pa.unwrap(), pb.unwrap());
+    assert_eq!(pa.files[0].sha256, pb.files[0].sha256);
+    assert_eq!(pa.fetched_bytes() + pb.fetched_bytes(), 1 << 20);
+    assert_eq!(hub.requests("/cdn/").len(), 1);
+}

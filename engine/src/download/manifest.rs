@@ -17,6 +17,8 @@ use super::{
 };
 
 pub const MANIFEST_FILE: &str = ".exo-model.json";
+/// Files of exo-p2p's own in a model directory start with this (metadata, lock).
+pub const OWN_FILE_PREFIX: &str = ".exo-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -198,6 +198,8 @@ impl Downloader {
             },
             Err(e) => return Err(e),
         };
+        // One pull per model directory at a time: two writers on one .part would spoil it.
+        let _lock = self.store.lock_repo(&h.repo).await?;
         let manifest = self.store.manifest(&h.repo)?;
         self.store.record_listing(&h.repo, &h.revision, &info)?;
         let ctx = PullCtx {

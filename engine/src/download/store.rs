@@ -3,6 +3,7 @@
 //! ```text
 //! EXO_HOME/models/{owner}--{repo}/
 //!     .exo-model.json          commit, repo file list, per-file size / sha256 / etag / source
+//!     .exo-lock                locked (flock) by the process pulling into this directory
 //!     {file}                   each file under its repo path (`Q4_K_M/x-00001-of-00002.gguf`)
 //!     {file}.part              a download under way or interrupted (resumed by the next pull)
 //!     {file}.part.tag          the sha256 (or git blob id) the .part's bytes belong to
@@ -20,12 +21,14 @@ use super::{
     error::{DownloadError, Result},
     hub::{LfsInfo, RepoInfo, Sibling},
     manifest::{
-        mtime_ns, read_gguf_info, FileRecord, GgufInfo, Manifest, ModelFormat, MANIFEST_FILE,
+        mtime_ns, read_gguf_info, FileRecord, GgufInfo, Manifest, ModelFormat, OWN_FILE_PREFIX,
     },
     part::sha256_file,
     reference::{catalog_names, HubRef, ModelRef},
     select::{self, Plan},
 };
+
+const LOCK_FILE: &str = ".exo-lock";
 
 #[derive(Debug, Clone)]
 pub struct ModelStore {
@@ -161,7 +164,7 @@ impl ModelStore {
                 partial_bytes += size;
                 continue;
             }
-            if name.ends_with(".part.tag") || name.starts_with(MANIFEST_FILE) {
+            if name.ends_with(".part.tag") || name.starts_with(OWN_FILE_PREFIX) {
                 continue;
             }
             let rec = manifest.as_ref().and_then(|m| m.files.get(&name));
@@ -315,7 +318,7 @@ impl ModelStore {
                 }
                 let left = walk(&dir)
                     .iter()
-                    .any(|(n, _)| !n.starts_with(MANIFEST_FILE));
+                    .any(|(n, _)| !n.starts_with(OWN_FILE_PREFIX));
                 if left {
                     m.save(&dir)?;
                 } else {
@@ -336,7 +339,7 @@ impl ModelStore {
             files: files
                 .into_iter()
                 .map(|(n, _)| n)
-                .filter(|n| !n.starts_with(MANIFEST_FILE))
+                .filter(|n| !n.starts_with(OWN_FILE_PREFIX))
                 .collect(),
             whole: true,
         })
@@ -438,6 +441,37 @@ impl ModelStore {
             sha: m.commit.clone(),
             siblings,
         }))
+    }
+
+    /// Takes the directory's pull lock, waiting while another pull (in this process or another)
+    /// holds it; the OS releases it when the holder exits, even when killed.
+    pub(crate) async fn lock_repo(&self, repo: &str) -> Result<std::fs::File> {
+        let dir = self.repo_dir(repo);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DownloadError::io("create directory", &dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| DownloadError::io("open", &path, e))?;
+        let mut waited = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !waited {
+                        tracing::info!(repo, "waiting for another pull of this model to finish");
+                        waited = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(DownloadError::io("lock", &path, e));
+                }
+            }
+        }
     }
 
     /// Records a file that just landed (re-reading the metadata file first, so concurrent pulls
