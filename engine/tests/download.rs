@@ -1105,3 +1105,47 @@ async fn concurrent_pulls_of_one_model_download_it_once() {
     assert_eq!(pa.fetched_bytes() + pb.fetched_bytes(), 1 << 20);
     assert_eq!(hub.requests("/cdn/").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_commit_refetches_only_changed_files() {
+    let hub = MockHub::start().await;
+    hub.add_repo(
+        "acme/n-GGUF",
+        vec![
+            ("n-Q4_K_M.gguf", mem(100_000, 1), true),
+            ("README.md", mem(10, 2), false),
+        ],
+    );
+    // A listing without sizes or hashes: verification relies on the resolve headers alone.
+    hub.with_repo("acme/n-GGUF", |r| r.listing_blobs = false);
+    let home = tempfile::tempdir().unwrap();
+    let dl = downloader(&hub, home.path());
+    let r = parse_reference("acme/n-GGUF");
+    let first = bounded(dl.pull(&r, &PullOptions::default())).await.unwrap();
+
+    // A new commit that leaves the file alone: one resolve (its etag matches), no bytes.
+    hub.with_repo("acme/n-GGUF", |r| r.sha = "1".repeat(40));
+    hub.clear_log();
+    let p = bounded(dl.pull(&r, &PullOptions::default())).await.unwrap();
+    assert_eq!(p.commit.as_deref(), Some("1".repeat(40).as_str()));
+    assert_eq!(p.fetched_bytes(), 0);
+    assert!(hub.requests("/cdn/").is_empty());
+    assert_eq!(hub.requests("/resolve/").len(), 1);
+
+    // A new commit that changes it: downloaded again, replacing the old one.
+    let new = bytes_of(120_000, 9);
+    hub.with_repo("acme/n-GGUF", |r| {
+        r.sha = "2".repeat(40);
+        r.files.insert(
+            "n-Q4_K_M.gguf".into(),
+            Arc::new(download_hub::mock_file(
+                Data::Mem(Bytes::from(new.clone())),
+                true,
+            )),
+        );
+    });
+    let p = bounded(dl.pull(&r, &PullOptions::default())).await.unwrap();
+    assert_eq!(p.fetched_bytes(), 120_000);
+    assert_eq!(file_sha(&p.path), sha256(&new));
+    assert_ne!(p.files[0].sha256, first.files[0].sha256);
+}

@@ -120,6 +120,8 @@ pub(crate) enum Opened {
     },
     /// 416: the range starts at or past the end; `total` from `Content-Range: bytes */N`.
     RangeNotSatisfiable { meta: FileMeta, total: Option<u64> },
+    /// The hub's etag is the one held: the redirect was not followed, no bytes were asked for.
+    Held { meta: FileMeta },
 }
 
 #[derive(Debug, Clone)]
@@ -214,13 +216,15 @@ impl HubClient {
         })
     }
 
-    /// Opens `file` from byte `offset` on (`Range: bytes=offset-`), following redirects.
+    /// Opens `file` from byte `offset` on (`Range: bytes=offset-`), following redirects; stops
+    /// early with `Opened::Held` when the hub names the etag `held` (the version already here).
     pub(crate) async fn open(
         &self,
         repo: &str,
         revision: &str,
         file: &str,
         offset: u64,
+        held: Option<&str>,
     ) -> Result<Opened> {
         let first = self.file_url(repo, revision, file);
         let mut url = first.clone();
@@ -245,6 +249,13 @@ impl HubClient {
             meta.size = meta
                 .size
                 .or_else(|| header(headers, "x-linked-size").and_then(|v| v.parse().ok()));
+            if status.is_success() || status.is_redirection() {
+                if let (Some(etag), Some(held)) = (&meta.etag, held) {
+                    if etag.eq_ignore_ascii_case(held) {
+                        return Ok(Opened::Held { meta });
+                    }
+                }
+            }
             if status.is_redirection() {
                 let location =
                     header(headers, LOCATION.as_str()).ok_or_else(|| DownloadError::Protocol {

@@ -535,7 +535,22 @@ impl Downloader {
             part.discard().await;
             offset = 0;
         }
-        match self.hub.open(ctx.repo, ctx.revision, file, offset).await? {
+        let held = self.held_etag(ctx, file).await;
+        match self
+            .hub
+            .open(ctx.repo, ctx.revision, file, offset, held.as_deref())
+            .await?
+        {
+            Opened::Held { meta } => {
+                let expected = Expected::from_etag(meta.etag.as_deref(), meta.size);
+                match self.unchanged(ctx, file, &expected, &meta.commit).await? {
+                    Some(f) => Ok(Some(f)),
+                    None => Err(DownloadError::Protocol {
+                        url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
+                        reason: "the held copy changed while checking it".into(),
+                    }),
+                }
+            }
             Opened::RangeNotSatisfiable { meta, total } => {
                 let expected = merge(
                     known,
@@ -592,6 +607,16 @@ impl Downloader {
                     .map(Some)
             }
         }
+    }
+
+    /// The hub etag of the copy held, if it is intact on disk.
+    async fn held_etag(&self, ctx: &PullCtx<'_>, file: &str) -> Option<String> {
+        let rec = ctx.manifest.as_ref()?.files.get(file)?;
+        let dest = self.store.file_path(ctx.repo, file).ok()?;
+        let on_disk = tokio::fs::metadata(&dest)
+            .await
+            .is_ok_and(|m| m.len() == rec.size);
+        on_disk.then(|| rec.etag.clone()).flatten()
     }
 
     /// When the revision moved but this file did not (same hash as held), keeps the held copy.
