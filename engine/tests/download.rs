@@ -571,6 +571,17 @@ async fn unauthorized_and_not_found_messages() {
         .log()
         .iter()
         .all(|l| l.auth.as_deref() == Some("Bearer hf_secret")));
+    // ... but not to a CDN on another host.
+    std::fs::remove_dir_all(home.path().join("models/meta--gated-GGUF")).unwrap();
+    let cdn = format!("http://localhost:{}", hub.addr.port());
+    hub.with_repo("meta/gated-GGUF", |r| r.cdn_base = Some(cdn));
+    hub.clear_log();
+    bounded(with("hf_secret").pull(&gated, &PullOptions::default()))
+        .await
+        .unwrap();
+    let resolve = hub.requests("/resolve/");
+    assert_eq!(resolve[0].auth.as_deref(), Some("Bearer hf_secret"));
+    assert_eq!(hub.requests("/cdn/")[0].auth, None, "{:?}", hub.log());
 
     let err = bounded(
         downloader(&hub, home.path())
@@ -1148,4 +1159,28 @@ async fn new_commit_refetches_only_changed_files() {
     assert_eq!(p.fetched_bytes(), 120_000);
     assert_eq!(file_sha(&p.path), sha256(&new));
     assert_ne!(p.files[0].sha256, first.files[0].sha256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_hub_falls_back_to_the_store() {
+    let hub = MockHub::start().await;
+    hub.add_repo("acme/o-GGUF", vec![("o-Q4_K_M.gguf", mem(10_000, 1), true)]);
+    let home = tempfile::tempdir().unwrap();
+    let r = parse_reference("acme/o-GGUF");
+    let first = bounded(downloader(&hub, home.path()).pull(&r, &PullOptions::default()))
+        .await
+        .unwrap();
+    let endpoint = hub.endpoint();
+    drop(hub);
+    let dl = Downloader::new(ModelStore::new(home.path()), HubConfig::new(endpoint))
+        .unwrap()
+        .with_retry(fast_retry());
+    let again = bounded(dl.pull(&r, &PullOptions::default())).await.unwrap();
+    assert_eq!(again.path, first.path);
+    assert_eq!(again.fetched_bytes(), 0);
+    // Not held: the network error is the answer.
+    let err = bounded(dl.pull(&parse_reference("acme/other"), &PullOptions::default()))
+        .await
+        .unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
 }

@@ -95,6 +95,8 @@ pub struct MockRepo {
     pub listing_blobs: bool,
     /// Names in the listing that resolve to 404.
     pub phantom: Vec<String>,
+    /// Redirect LFS files to this absolute base (another host name) instead of `/cdn/`.
+    pub cdn_base: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +156,7 @@ impl MockHub {
                 token: None,
                 listing_blobs: true,
                 phantom: Vec::new(),
+                cdn_base: None,
             },
         );
     }
@@ -361,7 +364,7 @@ async fn route(
         let repo_id = format!("{}/{}", segs[0], segs[1]);
         let rev = &segs[3];
         let name = segs[4..].join("/");
-        let (file, sha) = {
+        let (file, sha, cdn_base) = {
             let repos = st.repos.lock().unwrap();
             let Some(repo) = repos.get(&repo_id) else {
                 return status_with(404, "RepoNotFound", "Repository not found");
@@ -373,7 +376,11 @@ async fn route(
                 return status_with(404, "RevisionNotFound", "Invalid rev id");
             }
             match repo.files.get(&name) {
-                Some(f) => (f.clone(), repo.sha.clone()),
+                Some(f) => (
+                    f.clone(),
+                    repo.sha.clone(),
+                    repo.cdn_base.clone().unwrap_or_default(),
+                ),
                 None => return status_with(404, "EntryNotFound", "Entry not found"),
             }
         };
@@ -398,7 +405,7 @@ async fn route(
             );
             meta.insert(
                 header::LOCATION,
-                format!("/cdn/{}", file.sha256).parse().unwrap(),
+                format!("{cdn_base}/cdn/{}", file.sha256).parse().unwrap(),
             );
             return (StatusCode::FOUND, meta).into_response();
         }
