@@ -138,7 +138,11 @@ impl ModelStore {
                 continue;
             }
             let repo = name.replacen("--", "/", 1);
-            if let Some(m) = self.describe(&repo)? {
+            // A directory left by a pull that fetched nothing (say, a missing quant) is no model.
+            if let Some(m) = self
+                .describe(&repo)?
+                .filter(|m| !m.files.is_empty() || m.partial_bytes > 0)
+            {
                 out.push(m);
             }
         }
