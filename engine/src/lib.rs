@@ -3,6 +3,7 @@
 //! network or HTTP.
 
 pub mod chat_template;
+pub mod download;
 pub mod error;
 pub mod frame;
 pub mod info;

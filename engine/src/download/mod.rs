@@ -1,0 +1,36 @@
+//! Model downloads and the local model store.
+//!
+//! A model reference ([`parse_reference`]) names a local path, a catalog name or a Hugging Face
+//! repo (`owner/repo[:QUANT]`). A [`Downloader`] pulls what a node needs of it into the
+//! [`ModelStore`] under `EXO_HOME` (default `~/.cache/exo`; layout in [`store`]) over the hub's
+//! HTTP protocol (`HF_ENDPOINT`, `HF_TOKEN`), or from an [`AltSource`] (peers) first: each file
+//! lands through a `.part` file, resumes with HTTP ranges, and is renamed into place only after
+//! its sha256 checks out. Progress goes to [`Progress`] sinks: a [`TerminalReporter`] for people
+//! and a [`DownloadTracker`] whose [`DownloadsSnapshot`] the API serves.
+
+pub mod alt;
+pub mod catalog;
+pub mod error;
+pub mod gguf_name;
+pub mod hub;
+pub mod manifest;
+pub mod part;
+pub mod progress;
+pub mod pull;
+pub mod reference;
+pub mod reporter;
+pub mod select;
+pub mod store;
+
+pub use alt::{AltError, AltSource, AltStream, RemoteFile};
+pub use catalog::{CatalogEntry, CATALOG};
+pub use error::DownloadError;
+pub use hub::{FileMeta, HubClient, HubConfig, LfsInfo, RepoInfo, Sibling, DEFAULT_ENDPOINT};
+pub use manifest::{FileRecord, GgufInfo, Manifest, ModelFormat};
+pub use progress::{
+    DownloadTracker, DownloadsSnapshot, Fanout, FileProgress, FileStatus, Progress, SOURCE_HUB,
+};
+pub use pull::{Downloader, PullOptions, PulledFile, PulledModel, RetryPolicy, MAX_PARALLEL};
+pub use reference::{parse_reference, HubRef, ModelRef, DEFAULT_QUANT, DEFAULT_REVISION};
+pub use reporter::TerminalReporter;
+pub use store::{HeldFile, LocalFile, LocalModel, ModelStore, Removed};

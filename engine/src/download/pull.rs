@@ -1,0 +1,911 @@
+//! Pulling a model into the store: list the revision, pick the files this node needs, and fetch
+//! each (at most 8 at once) from an alternative source (peers) when one has it, else from the
+//! hub, with resume, retries and sha256 verification.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use exo_protocol::LayerRange;
+use futures_util::{stream::BoxStream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    alt::AltSource,
+    error::{DownloadError, Result},
+    hub::{HubClient, HubConfig, Opened, RepoInfo},
+    manifest::{FileRecord, Manifest, ModelFormat},
+    part::{Expected, PartFile, PartWriter},
+    progress::{Fanout, FileProgress, FileStatus, Progress, SOURCE_HUB},
+    reference::{catalog_names, HubRef, ModelRef},
+    select::{self, Plan},
+    store::ModelStore,
+};
+
+/// The most files downloaded at once.
+pub const MAX_PARALLEL: usize = 8;
+
+/// Backoff for transient failures (5xx, 429, dropped connections): `base * 2^n` capped at `max`,
+/// plus up to 25% jitter. Attempts that made progress do not count.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.max_delay);
+        let jitter = exp.mul_f64(rand::random::<f64>() * 0.25);
+        exp + jitter
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Only the safetensors shards holding these layers (GGUF files are always whole).
+    pub layers: Option<LayerRange>,
+    /// Overrides the reference's revision (branch, tag or commit).
+    pub revision: Option<String>,
+    /// Use the store's copy without asking the hub or peers when it has every file needed.
+    pub prefer_local: bool,
+}
+
+/// A model ready to open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledModel {
+    pub repo: String,
+    pub revision: String,
+    pub commit: Option<String>,
+    pub format: ModelFormat,
+    /// `EXO_HOME/models/{owner}--{repo}`.
+    pub dir: PathBuf,
+    /// What to open: the (first) GGUF file, or the safetensors directory.
+    pub path: PathBuf,
+    pub files: Vec<PulledFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// `"hub"` or the peer it came from (for a cached file, where it came from originally).
+    pub source: String,
+    /// Whether bytes were transferred by this pull (false: already in the store).
+    pub fetched: bool,
+}
+
+impl PulledModel {
+    /// Bytes transferred by this pull.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.fetched)
+            .map(|f| f.size)
+            .sum()
+    }
+}
+
+/// Downloads models into a [`ModelStore`]. Cheap to share behind an `Arc`.
+pub struct Downloader {
+    store: ModelStore,
+    hub: HubClient,
+    alt: Option<Arc<dyn AltSource>>,
+    progress: Fanout,
+    max_parallel: usize,
+    retry: RetryPolicy,
+    /// Serialises read-modify-write of metadata files between this process's downloads.
+    records: Arc<std::sync::Mutex<()>>,
+}
+
+/// What one pull knows while it fetches files.
+struct PullCtx<'a> {
+    repo: &'a str,
+    revision: &'a str,
+    info: &'a RepoInfo,
+    manifest: Option<Manifest>,
+}
+
+impl Downloader {
+    pub fn new(store: ModelStore, hub: HubConfig) -> Result<Self> {
+        Ok(Self {
+            store,
+            hub: HubClient::new(hub)?,
+            alt: None,
+            progress: Fanout::default(),
+            max_parallel: MAX_PARALLEL,
+            retry: RetryPolicy::default(),
+            records: Arc::default(),
+        })
+    }
+
+    /// `EXO_HOME`, `HF_ENDPOINT`, `HF_TOKEN`.
+    pub fn from_env() -> Result<Self> {
+        Self::new(ModelStore::from_env(), HubConfig::from_env())
+    }
+
+    /// Asks `alt` (peers) for listings and bytes before the hub.
+    pub fn with_alt_source(mut self, alt: Arc<dyn AltSource>) -> Self {
+        self.alt = Some(alt);
+        self
+    }
+
+    /// Adds a progress sink (may be called more than once).
+    pub fn with_progress(mut self, p: Arc<dyn Progress>) -> Self {
+        self.progress.0.push(p);
+        self
+    }
+
+    /// Files fetched at once, 1..=8.
+    pub fn with_max_parallel(mut self, n: usize) -> Self {
+        self.max_parallel = n.clamp(1, MAX_PARALLEL);
+        self
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn store(&self) -> &ModelStore {
+        &self.store
+    }
+
+    pub fn hub(&self) -> &HubClient {
+        &self.hub
+    }
+
+    /// Makes `r` available locally and returns what to open. A re-pull of an unchanged revision
+    /// asks only for the listing and transfers nothing.
+    pub async fn pull(&self, r: &ModelRef, opts: &PullOptions) -> Result<PulledModel> {
+        let h = match r {
+            ModelRef::Local(p) => return self.local(p),
+            ModelRef::Hub(h) => h,
+        };
+        let mut h = h.clone();
+        if let Some(rev) = &opts.revision {
+            h.revision = rev.clone();
+        }
+        let layers = opts.layers.as_ref();
+        if opts.prefer_local {
+            if let Some(m) = self.stored_copy(&h, layers)? {
+                tracing::info!(repo = %h.repo, "using the store's copy");
+                return Ok(m);
+            }
+        }
+        let info = match self.repo_info(&h).await {
+            Ok(info) => info,
+            Err(e) if e.is_unreachable() => match self.stored_copy(&h, layers)? {
+                Some(m) => {
+                    tracing::warn!(repo = %h.repo, "cannot reach the hub ({e}); using the store's copy");
+                    return Ok(m);
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        // One pull per model directory at a time: two writers on one .part would spoil it.
+        let _lock = self.store.lock_repo(&h.repo).await?;
+        let manifest = self.store.manifest(&h.repo)?;
+        self.store.record_listing(&h.repo, &h.revision, &info)?;
+        let ctx = PullCtx {
+            repo: &h.repo,
+            revision: &h.revision,
+            info: &info,
+            manifest,
+        };
+        let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+        let plan = select::plan(&h.repo, &names, h.quant.as_deref())?;
+        let format = plan.format();
+        tracing::info!(repo = %h.repo, revision = %h.revision, commit = ?info.sha, ?format, "pull");
+        let mut done = Vec::new();
+        let (wanted, open) = match plan {
+            Plan::Gguf { files, .. } => {
+                let open = self.store.file_path(&h.repo, &files[0])?;
+                (files, open)
+            }
+            Plan::Safetensors {
+                index,
+                weights,
+                side,
+            } => {
+                let weights = match index {
+                    Some(index) => {
+                        // The index says which shards hold which layers: fetch it first.
+                        let f = self.fetch_file(&ctx, &index).await?;
+                        let path = self.store.file_path(&h.repo, &index)?;
+                        let bytes = tokio::fs::read(&path)
+                            .await
+                            .map_err(|e| DownloadError::io("read", &path, e))?;
+                        done.push(f);
+                        match layers {
+                            Some(r) => select::files_for_layers(&h.repo, &bytes, r)?,
+                            None => select::indexed_files(&h.repo, &bytes)?,
+                        }
+                    }
+                    None => weights,
+                };
+                let mut wanted: Vec<String> = side
+                    .into_iter()
+                    .filter(|f| f != select::SAFETENSORS_INDEX)
+                    .collect();
+                wanted.extend(weights);
+                (wanted, self.store.repo_dir(&h.repo))
+            }
+        };
+        for f in &wanted {
+            self.report(&ctx, f, 0, None, SOURCE_HUB, FileStatus::Queued, None);
+        }
+        let fetched: Vec<PulledFile> = futures_util::stream::iter(wanted.iter())
+            .map(|f| self.fetch_file(&ctx, f))
+            .buffer_unordered(self.max_parallel)
+            .try_collect()
+            .await?;
+        done.extend(fetched);
+        done.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(PulledModel {
+            repo: h.repo.clone(),
+            revision: h.revision.clone(),
+            commit: info.sha.clone(),
+            format,
+            dir: self.store.repo_dir(&h.repo),
+            path: open,
+            files: done,
+        })
+    }
+
+    fn local(&self, p: &std::path::Path) -> Result<PulledModel> {
+        if !p.exists() {
+            return Err(DownloadError::BadReference(
+                p.display().to_string(),
+                catalog_names(),
+            ));
+        }
+        let format = if p.is_dir() {
+            ModelFormat::Safetensors
+        } else {
+            ModelFormat::Gguf
+        };
+        Ok(PulledModel {
+            repo: String::new(),
+            revision: String::new(),
+            commit: None,
+            format,
+            dir: p.parent().map(PathBuf::from).unwrap_or_default(),
+            path: p.to_path_buf(),
+            files: Vec::new(),
+        })
+    }
+
+    /// The store's copy when it has every file `h` needs.
+    fn stored_copy(&self, h: &HubRef, layers: Option<&LayerRange>) -> Result<Option<PulledModel>> {
+        let r = ModelRef::Hub(h.clone());
+        let Some(path) = self.store.resolve(&r, layers)? else {
+            return Ok(None);
+        };
+        let Some(m) = self.store.manifest(&h.repo)? else {
+            return Ok(None);
+        };
+        let format = if path.is_dir() {
+            ModelFormat::Safetensors
+        } else {
+            ModelFormat::Gguf
+        };
+        Ok(Some(PulledModel {
+            repo: h.repo.clone(),
+            revision: m.revision.clone(),
+            commit: m.commit.clone(),
+            format,
+            dir: self.store.repo_dir(&h.repo),
+            path,
+            files: m
+                .files
+                .iter()
+                .map(|(name, rec)| PulledFile {
+                    name: name.clone(),
+                    size: rec.size,
+                    sha256: rec.sha256.clone(),
+                    source: rec.source.clone(),
+                    fetched: false,
+                })
+                .collect(),
+        }))
+    }
+
+    /// The revision's listing: from peers when they know it (a pull then needs no hub at all),
+    /// else from the hub, retrying transient failures.
+    async fn repo_info(&self, h: &HubRef) -> Result<RepoInfo> {
+        if let Some(alt) = &self.alt {
+            if let Some(info) = alt.repo_info(&h.repo, &h.revision).await {
+                tracing::debug!(repo = %h.repo, "listing from an alternative source");
+                return Ok(info);
+            }
+        }
+        let mut failures = 0;
+        loop {
+            match self.hub.repo_info(&h.repo, &h.revision).await {
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    if failures >= self.retry.max_attempts {
+                        return Err(DownloadError::RetriesExhausted {
+                            repo: h.repo.clone(),
+                            file: "the file list".into(),
+                            attempts: failures,
+                            last: Box::new(e),
+                        });
+                    }
+                    let delay = self.retry.delay(failures);
+                    tracing::warn!(repo = %h.repo, "{e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One file: already here, from an alternative source, or from the hub.
+    async fn fetch_file(&self, ctx: &PullCtx<'_>, file: &str) -> Result<PulledFile> {
+        let result = self.fetch_file_inner(ctx, file).await;
+        if let Err(e) = &result {
+            self.report(
+                ctx,
+                file,
+                0,
+                None,
+                SOURCE_HUB,
+                FileStatus::Failed,
+                Some(e.to_string()),
+            );
+        }
+        result
+    }
+
+    async fn fetch_file_inner(&self, ctx: &PullCtx<'_>, file: &str) -> Result<PulledFile> {
+        let dest = self.store.file_path(ctx.repo, file)?;
+        let known = known(ctx.info, file);
+        if let Some(rec) = ctx.manifest.as_ref().and_then(|m| m.files.get(file)) {
+            if is_current(rec, &dest, &known, ctx.info.sha.as_deref()).await {
+                self.report(
+                    ctx,
+                    file,
+                    rec.size,
+                    Some(rec.size),
+                    &rec.source,
+                    FileStatus::Cached,
+                    None,
+                );
+                return Ok(PulledFile {
+                    name: file.into(),
+                    size: rec.size,
+                    sha256: rec.sha256.clone(),
+                    source: rec.source.clone(),
+                    fetched: false,
+                });
+            }
+        }
+        let part = PartFile::new(dest);
+        if let Some(alt) = &self.alt {
+            match self
+                .fetch_from_alt(alt.as_ref(), ctx, file, &known, &part)
+                .await
+            {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(repo = ctx.repo, file, "{e}; falling back to the hub"),
+            }
+        }
+        self.fetch_from_hub(ctx, file, &known, &part).await
+    }
+
+    async fn fetch_from_alt(
+        &self,
+        alt: &dyn AltSource,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        known: &Expected,
+        part: &PartFile,
+    ) -> Result<Option<PulledFile>> {
+        let Some(remote) = alt.locate(ctx.repo, file).await else {
+            return Ok(None);
+        };
+        let remote_sha = remote.sha256.to_ascii_lowercase();
+        if known.sha256.as_ref().is_some_and(|s| *s != remote_sha)
+            || known.size.is_some_and(|s| s != remote.size)
+        {
+            tracing::debug!(repo = ctx.repo, file, "peers hold another version");
+            return Ok(None);
+        }
+        let expected = Expected {
+            sha256: Some(remote_sha),
+            git_sha1: None,
+            size: Some(remote.size),
+        };
+        let tag = expected.tag();
+        let (mut offset, part_tag) = part.existing().await;
+        if offset > 0 && (part_tag != tag || offset > remote.size) {
+            part.discard().await;
+            offset = 0;
+        }
+        let alt_err = |source: &str, reason: String| DownloadError::Alt {
+            repo: ctx.repo.into(),
+            file: file.into(),
+            source_name: source.into(),
+            reason,
+        };
+        let stream = alt
+            .fetch_range(ctx.repo, file, &remote, offset)
+            .await
+            .map_err(|e| alt_err("alternative source", e.to_string()))?;
+        let source = stream.source.clone();
+        let (repo, name, src) = (ctx.repo.to_string(), file.to_string(), source.clone());
+        let body = stream
+            .bytes
+            .map_err(move |e| DownloadError::Alt {
+                repo: repo.clone(),
+                file: name.clone(),
+                source_name: src.clone(),
+                reason: e.to_string(),
+            })
+            .boxed();
+        let writer = part.open(offset, tag.as_deref(), &expected).await?;
+        let writer = self
+            .pump(ctx, file, writer, body, Some(remote.size), &source)
+            .await?;
+        self.land(ctx, file, part, writer, &expected, &source)
+            .await
+            .map(Some)
+    }
+
+    /// The hub, with retries for transient failures; each retry resumes from the `.part`.
+    async fn fetch_from_hub(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        known: &Expected,
+        part: &PartFile,
+    ) -> Result<PulledFile> {
+        let mut failures = 0;
+        let mut restarts = 0;
+        loop {
+            let before = part.existing().await.0;
+            match self.hub_attempt(ctx, file, known, part).await {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {
+                    restarts += 1;
+                    if restarts > 3 {
+                        return Err(DownloadError::Protocol {
+                            url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
+                            reason: "the file kept changing while downloading".into(),
+                        });
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    if part.existing().await.0 > before {
+                        failures = 0;
+                    } else {
+                        failures += 1;
+                    }
+                    if failures >= self.retry.max_attempts {
+                        return Err(DownloadError::RetriesExhausted {
+                            repo: ctx.repo.into(),
+                            file: file.into(),
+                            attempts: failures,
+                            last: Box::new(e),
+                        });
+                    }
+                    let delay = self.retry.delay(failures);
+                    tracing::warn!(repo = ctx.repo, file, "{e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One request to the hub. `Ok(None)`: the `.part` was of another version and is gone; go
+    /// again from the start.
+    async fn hub_attempt(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        known: &Expected,
+        part: &PartFile,
+    ) -> Result<Option<PulledFile>> {
+        let (mut offset, part_tag) = part.existing().await;
+        let stale = match (&known.tag(), &part_tag) {
+            (_, None) => true,
+            (Some(k), Some(p)) => k != p,
+            (None, Some(_)) => false,
+        };
+        if offset > 0 && (stale || known.size.is_some_and(|s| offset > s)) {
+            part.discard().await;
+            offset = 0;
+        }
+        let held = self.held_etag(ctx, file).await;
+        match self
+            .hub
+            .open(ctx.repo, ctx.revision, file, offset, held.as_deref())
+            .await?
+        {
+            Opened::Held { meta } => {
+                let expected = Expected::from_etag(meta.etag.as_deref(), meta.size);
+                match self.unchanged(ctx, file, &expected, &meta.commit).await? {
+                    Some(f) => Ok(Some(f)),
+                    None => Err(DownloadError::Protocol {
+                        url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
+                        reason: "the held copy changed while checking it".into(),
+                    }),
+                }
+            }
+            Opened::RangeNotSatisfiable { meta, total } => {
+                let expected = merge(
+                    known,
+                    Expected::from_etag(meta.etag.as_deref(), meta.size.or(total)),
+                );
+                if offset > 0 && total == Some(offset) && part_tag == expected.tag() {
+                    // The part was complete; only the rename was missing.
+                    let writer = part.open(offset, part_tag.as_deref(), &expected).await?;
+                    return self
+                        .land(ctx, file, part, writer, &expected, SOURCE_HUB)
+                        .await
+                        .map(Some);
+                }
+                part.discard().await;
+                Ok(None)
+            }
+            Opened::Body {
+                meta,
+                start,
+                total,
+                body,
+            } => {
+                let size = meta.size.or(total);
+                let expected = merge(known, Expected::from_etag(meta.etag.as_deref(), size));
+                let tag = expected.tag();
+                if let Some(f) = self.unchanged(ctx, file, &expected, &meta.commit).await? {
+                    return Ok(Some(f));
+                }
+                if start > 0 && part_tag != tag {
+                    drop(body);
+                    part.discard().await;
+                    return Ok(None);
+                }
+                if !expected.is_verifiable() {
+                    tracing::warn!(
+                        repo = ctx.repo,
+                        file,
+                        "the hub gave no hash; the file cannot be verified"
+                    );
+                }
+                if start == 0 && offset > 0 {
+                    tracing::info!(
+                        repo = ctx.repo,
+                        file,
+                        "server ignored the range; starting over"
+                    );
+                }
+                let writer = part.open(start, tag.as_deref(), &expected).await?;
+                let writer = self
+                    .pump(ctx, file, writer, body, expected.size, SOURCE_HUB)
+                    .await?;
+                self.land(ctx, file, part, writer, &expected, SOURCE_HUB)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// The hub etag of the copy held, if it is intact on disk.
+    async fn held_etag(&self, ctx: &PullCtx<'_>, file: &str) -> Option<String> {
+        let rec = ctx.manifest.as_ref()?.files.get(file)?;
+        let dest = self.store.file_path(ctx.repo, file).ok()?;
+        let on_disk = tokio::fs::metadata(&dest)
+            .await
+            .is_ok_and(|m| m.len() == rec.size);
+        on_disk.then(|| rec.etag.clone()).flatten()
+    }
+
+    /// When the revision moved but this file did not (same hash as held), keeps the held copy.
+    async fn unchanged(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        expected: &Expected,
+        commit: &Option<String>,
+    ) -> Result<Option<PulledFile>> {
+        let Some(rec) = ctx.manifest.as_ref().and_then(|m| m.files.get(file)) else {
+            return Ok(None);
+        };
+        let same = expected.sha256.as_ref().is_some_and(|s| *s == rec.sha256)
+            || expected.git_sha1.is_some() && expected.git_sha1 == rec.etag;
+        let dest = self.store.file_path(ctx.repo, file)?;
+        let on_disk = tokio::fs::metadata(&dest)
+            .await
+            .is_ok_and(|m| m.len() == rec.size);
+        if !(same && on_disk) {
+            return Ok(None);
+        }
+        let mut rec = rec.clone();
+        rec.commit = commit.clone().or(ctx.info.sha.clone());
+        self.record(ctx, file, rec.clone()).await?;
+        self.report(
+            ctx,
+            file,
+            rec.size,
+            Some(rec.size),
+            &rec.source,
+            FileStatus::Cached,
+            None,
+        );
+        Ok(Some(PulledFile {
+            name: file.into(),
+            size: rec.size,
+            sha256: rec.sha256,
+            source: rec.source,
+            fetched: false,
+        }))
+    }
+
+    /// Streams `body` into the part, reporting progress. On a failure the bytes so far stay in
+    /// the part for the next attempt.
+    async fn pump(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        mut writer: PartWriter,
+        mut body: BoxStream<'static, Result<Bytes>>,
+        total: Option<u64>,
+        source: &str,
+    ) -> Result<PartWriter> {
+        self.report(
+            ctx,
+            file,
+            writer.written,
+            total,
+            source,
+            FileStatus::Downloading,
+            None,
+        );
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    writer.keep().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = writer.write(&chunk).await {
+                writer.keep().await;
+                return Err(e);
+            }
+            self.report(
+                ctx,
+                file,
+                writer.written,
+                total,
+                source,
+                FileStatus::Downloading,
+                None,
+            );
+        }
+        if let Some(t) = total.filter(|t| writer.written < *t) {
+            let got = writer.written;
+            writer.keep().await;
+            return Err(DownloadError::Network {
+                url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
+                reason: format!("connection closed after {got} of {t} bytes from {source}"),
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Verifies the finished part, renames it into place and records it.
+    async fn land(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        part: &PartFile,
+        writer: PartWriter,
+        expected: &Expected,
+        source: &str,
+    ) -> Result<PulledFile> {
+        self.report(
+            ctx,
+            file,
+            writer.written,
+            expected.size,
+            source,
+            FileStatus::Verifying,
+            None,
+        );
+        let written = writer.finish().await?;
+        if let Some((want, got)) = written.mismatch(expected) {
+            part.discard().await;
+            return Err(DownloadError::Checksum {
+                repo: ctx.repo.into(),
+                file: file.into(),
+                source_name: source.into(),
+                expected: want,
+                actual: got,
+            });
+        }
+        part.commit().await?;
+        let rec = FileRecord {
+            size: written.size,
+            sha256: written.sha256.clone(),
+            etag: expected.git_sha1.clone().or(expected.sha256.clone()),
+            commit: ctx.info.sha.clone(),
+            source: source.into(),
+            mtime_ns: 0,
+            gguf: None,
+        };
+        self.record(ctx, file, rec).await?;
+        tracing::info!(
+            repo = ctx.repo,
+            file,
+            bytes = written.size,
+            source,
+            "downloaded"
+        );
+        self.report(
+            ctx,
+            file,
+            written.size,
+            Some(written.size),
+            source,
+            FileStatus::Done,
+            None,
+        );
+        Ok(PulledFile {
+            name: file.into(),
+            size: written.size,
+            sha256: written.sha256,
+            source: source.into(),
+            fetched: true,
+        })
+    }
+
+    async fn record(&self, ctx: &PullCtx<'_>, file: &str, rec: FileRecord) -> Result<()> {
+        // Reading a GGUF header and writing JSON is blocking work.
+        let (store, lock) = (self.store.clone(), self.records.clone());
+        let (repo, revision, file) = (
+            ctx.repo.to_string(),
+            ctx.revision.to_string(),
+            file.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let _guard = lock.lock().expect("record lock poisoned");
+            store.record_file(&repo, &revision, &file, rec)
+        })
+        .await
+        .expect("record task panicked")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        downloaded: u64,
+        total: Option<u64>,
+        source: &str,
+        status: FileStatus,
+        error: Option<String>,
+    ) {
+        if self.progress.0.is_empty() {
+            return;
+        }
+        self.progress.update(&FileProgress {
+            repo: ctx.repo.into(),
+            file: file.into(),
+            downloaded,
+            total,
+            source: source.into(),
+            status,
+            error,
+        });
+    }
+}
+
+/// What the listing says a file is (sizes and hashes come with `?blobs=true` or from peers).
+fn known(info: &RepoInfo, file: &str) -> Expected {
+    let Some(s) = info.siblings.iter().find(|s| s.rfilename == file) else {
+        return Expected::default();
+    };
+    match &s.lfs {
+        Some(lfs) => Expected {
+            sha256: Some(lfs.sha256.to_ascii_lowercase()),
+            git_sha1: None,
+            size: Some(lfs.size),
+        },
+        None => Expected {
+            sha256: None,
+            git_sha1: s.blob_id.clone().filter(|b| super::part::is_hex(b, 40)),
+            size: s.size,
+        },
+    }
+}
+
+/// The response's own metadata wins over the listing's (it is what is being downloaded).
+fn merge(known: &Expected, from_response: Expected) -> Expected {
+    let sha256 = from_response.sha256.or(known.sha256.clone());
+    let git_sha1 = if sha256.is_some() {
+        None
+    } else {
+        from_response.git_sha1.or(known.git_sha1.clone())
+    };
+    Expected {
+        sha256,
+        git_sha1,
+        size: from_response.size.or(known.size),
+    }
+}
+
+/// Whether the held file is the one the listing wants, without any request.
+async fn is_current(
+    rec: &FileRecord,
+    dest: &std::path::Path,
+    known: &Expected,
+    commit: Option<&str>,
+) -> bool {
+    let on_disk = tokio::fs::metadata(dest)
+        .await
+        .is_ok_and(|m| m.len() == rec.size);
+    if !on_disk {
+        return false;
+    }
+    if let Some(sha) = &known.sha256 {
+        return *sha == rec.sha256;
+    }
+    if let Some(git) = &known.git_sha1 {
+        return rec.etag.as_ref() == Some(git);
+    }
+    commit.is_some() && rec.commit.as_deref() == commit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let d: Vec<_> = (0..6).map(|i| p.delay(i)).collect();
+        assert!(d[0] >= Duration::from_millis(100) && d[0] <= Duration::from_millis(125));
+        assert!(d[2] >= Duration::from_millis(400) && d[2] <= Duration::from_millis(500));
+        assert!(d[5] >= Duration::from_secs(1) && d[5] <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn response_metadata_wins() {
+        let known = Expected {
+            sha256: Some("a".repeat(64)),
+            git_sha1: None,
+            size: Some(3),
+        };
+        let resp = Expected::from_etag(Some(&"b".repeat(64)), Some(4));
+        let m = merge(&known, resp);
+        assert_eq!(m.sha256, Some("b".repeat(64)));
+        assert_eq!(m.size, Some(4));
+        let m = merge(&known, Expected::default());
+        assert_eq!(m, known);
+    }
+}
