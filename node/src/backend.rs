@@ -55,9 +55,10 @@ struct ChannelSink {
 impl DeltaSink for ChannelSink {
     async fn send(&mut self, delta: Delta) -> bool {
         let text_of = |id: u32| self.info.tokenizer.decode(&[id]).unwrap_or_default();
-        let logprob = (self.logprobs)
-            .then(|| delta.token.logprob)
-            .flatten()
+        let logprob = delta
+            .token
+            .logprob
+            .filter(|_| self.logprobs)
             .map(|lp| TokenLogprob {
                 token: text_of(delta.token.id),
                 logprob: lp,

@@ -113,7 +113,11 @@ mod tests {
             "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWGsGPo2JpC5Qq1fATqH6cyTJCAH4zApp15NmkQVuDtYBU"
                 .parse()
                 .unwrap();
-        let invite = Invite::new(&key, &[relay.clone()], &[relay.clone()]);
+        let invite = Invite::new(
+            &key,
+            std::slice::from_ref(&relay),
+            std::slice::from_ref(&relay),
+        );
         let token = invite.to_token();
         assert!(token.starts_with("exo1_"));
         let parsed = Invite::from_token(&token).unwrap();

@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn tiny_node_still_gets_a_layer() {
         let plan = partition("m", 10, &nodes(&[1000, 1, 1])).unwrap();
-        assert!(plan.stages.iter().all(|s| s.layers.len() >= 1));
+        assert!(plan.stages.iter().all(|s| !s.layers.is_empty()));
         plan.validate().unwrap();
     }
 

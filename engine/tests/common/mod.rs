@@ -31,14 +31,12 @@ pub fn greedy(ring: &LocalRing, key: &str, prompt: &[u32], n: usize) -> Vec<u32>
     let p = SamplingParams::greedy();
     let mut out = Vec::with_capacity(n);
     let mut tok = ring.step(key, 0, prompt, &p).expect("prefill");
-    let mut pos = prompt.len();
-    for _ in 0..n {
+    for pos in prompt.len().. {
         out.push(tok.id);
         if out.len() == n {
             break;
         }
         tok = ring.step(key, pos, &[tok.id], &p).expect("decode step");
-        pos += 1;
     }
     ring.release(key);
     out

@@ -591,7 +591,7 @@ impl EventLoop {
                 tracing::debug!(%peer, %error, "inbound activation failed");
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                let kad = info.protocols.iter().any(|p| *p == KAD_PROTOCOL);
+                let kad = info.protocols.contains(&KAD_PROTOCOL);
                 for addr in &info.listen_addrs {
                     if kad {
                         self.swarm
