@@ -27,8 +27,8 @@ fn hop(c: &mut Criterion) {
         .unwrap();
     let port = 47_000 + (std::process::id() % 1000) as u16;
     let (server, client) = rt.block_on(async {
-        let (server, mut inbound, _) =
-            network::spawn(config(&format!("/ip4/127.0.0.1/tcp/{port}"), vec![])).unwrap();
+        let net = network::spawn(config(&format!("/ip4/127.0.0.1/tcp/{port}"), vec![])).unwrap();
+        let (server, mut inbound) = (net.client, net.activations);
         let s = server.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.recv().await {
@@ -41,8 +41,9 @@ fn hop(c: &mut Criterion) {
             }
         });
         let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", server.local_peer_id());
-        let (client, _inbound, _) =
-            network::spawn(config("/ip4/127.0.0.1/tcp/0", vec![addr.parse().unwrap()])).unwrap();
+        let client = network::spawn(config("/ip4/127.0.0.1/tcp/0", vec![addr.parse().unwrap()]))
+            .unwrap()
+            .client;
         (server, client)
     });
     let peer = server.local_peer_id();

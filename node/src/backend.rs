@@ -243,7 +243,9 @@ impl Backend for NodeBackend {
     }
 
     fn downloads(&self) -> BoxFuture<'_, serde_json::Value> {
-        Box::pin(async move { serde_json::json!({"downloads": []}) })
+        Box::pin(async move {
+            serde_json::to_value(self.node.downloads.snapshot()).unwrap_or(serde_json::Value::Null)
+        })
     }
 
     fn health(&self) -> BoxFuture<'_, Health> {

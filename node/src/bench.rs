@@ -139,7 +139,8 @@ async fn concurrent_tg(
 }
 
 pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
-    let info = ModelInfo::load(&args.model)?;
+    let model_path = crate::models::resolve_standalone(&args.model).await?;
+    let info = ModelInfo::load(&model_path)?;
     // An ordinary token sequence: the encoding of repeated text, cut to length.
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(args.prompt_tokens);
     let mut prompt = info.encode_prompt(&text)?;
@@ -151,7 +152,7 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
         configs.push(args.shards);
     }
     for k in configs {
-        let path = args.model.clone();
+        let path = model_path.clone();
         let ring = Arc::new(
             tokio::task::spawn_blocking(move || LocalRing::load(&path, k, &Device::Cpu))
                 .await??

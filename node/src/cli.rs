@@ -38,12 +38,32 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print this node's peer id (creating its identity on first use).
     Id,
+    /// Manage the models in EXO_HOME: list, pull, rm, catalog.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Run a public relay and bootstrap node for nodes behind NAT (serves no model).
     Relay(RelayArgs),
     /// Write a new private swarm key (IPFS swarm.key format).
     Keygen(KeygenArgs),
     /// Print a token that lets another machine join this private swarm with `--join`.
     Invite(InviteArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Models downloaded into EXO_HOME: size, architecture, quantization, path.
+    #[command(alias = "ls")]
+    List,
+    /// Download a model (`owner/repo[:QUANT]` or a known name) from HF_ENDPOINT.
+    Pull {
+        /// `owner/repo[:QUANT]` (QUANT picks the GGUF file, default Q4_K_M) or a known name.
+        reference: String,
+    },
+    /// Delete a downloaded model (with `:QUANT`, only that quantization's files).
+    #[command(alias = "remove")]
+    Rm { reference: String },
+    /// The built-in short names and the repositories they stand for.
+    Catalog,
 }
 
 #[derive(Args, Debug)]
@@ -151,9 +171,11 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A model this node can serve: a .gguf file or safetensors directory (repeatable).
+    /// A model this node can serve (repeatable): a .gguf file, a safetensors directory, a
+    /// Hugging Face repository `owner/repo[:QUANT]`, or a known name such as `qwen2.5-coder-0.5b`
+    /// (fetched into EXO_HOME on first use, from peers that have it or from HF_ENDPOINT).
     #[arg(long, value_name = "MODEL", env = "EXO_MODELS", value_delimiter = ',')]
-    pub model: Vec<PathBuf>,
+    pub model: Vec<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
     /// Port of the HTTP API.
@@ -217,8 +239,9 @@ pub struct SamplingArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Model: a .gguf file or a Hugging Face safetensors directory.
-    pub model: PathBuf,
+    /// Model: a .gguf file, a safetensors directory, `owner/repo[:QUANT]` on Hugging Face, or a
+    /// known name (see `exo-p2p models catalog`); fetched on first use.
+    pub model: String,
     /// The prompt.
     #[arg(short, long)]
     pub prompt: String,
@@ -254,8 +277,8 @@ impl MeshArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model: a .gguf file or a Hugging Face safetensors directory.
-    pub model: PathBuf,
+    /// Model: a .gguf file, a safetensors directory, `owner/repo[:QUANT]` or a known name.
+    pub model: String,
     /// Prompt length for the prompt-processing test (pp).
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod files;
 pub mod generate;
 pub mod host;
 pub mod identity;

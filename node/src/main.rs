@@ -5,14 +5,14 @@ use clap::Parser;
 use exo_p2p::{
     bench,
     cli::{Cli, Command},
-    identity, logging, relay, run, serve, threads,
+    identity, logging, models, relay, run, serve, threads,
 };
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Run(_) | Command::Bench(_) | Command::Id => "warn",
-        Command::Keygen(_) | Command::Invite(_) => "warn",
+        Command::Keygen(_) | Command::Invite(_) | Command::Models(_) => "warn",
         Command::Serve(_) | Command::Relay(_) => "info",
     };
     logging::init(default_level);
@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => runtime().block_on(serve::serve(args, threads)),
         Command::Relay(args) => runtime().block_on(relay::relay(args)),
         Command::Keygen(args) => relay::keygen(args),
+        Command::Models(cmd) => runtime().block_on(models::command(cmd)),
         Command::Invite(args) => relay::invite(args),
         Command::Id => identity::load_or_create(&identity::exo_home()).map(|k| {
             println!("{}", k.public().to_peer_id());

@@ -3,8 +3,46 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
-use exo_engine::ModelInfo;
+use exo_engine::{
+    download::{parse_reference, Downloader, ModelRef, PullOptions, TerminalReporter, CATALOG},
+    ModelInfo,
+};
 use exo_protocol::ModelOffer;
+
+/// A model reference made into a local path: a path as is; `owner/repo[:QUANT]` or a catalog
+/// name from the store, or fetched (from peers first when the downloader has them, then the hub).
+pub async fn resolve(reference: &str, downloader: &Downloader) -> Result<PathBuf> {
+    let r = parse_reference(reference);
+    if let ModelRef::Local(path) = &r {
+        if !path.exists() {
+            anyhow::bail!(
+                "cannot read model {}: no such file (a Hugging Face model is `owner/repo[:QUANT]`; \
+                 known names: {})",
+                path.display(),
+                CATALOG.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+        return Ok(path.clone());
+    }
+    let store = downloader.store().clone();
+    let r2 = r.clone();
+    if let Some(path) = tokio::task::spawn_blocking(move || store.resolve(&r2, None)).await?? {
+        return Ok(path);
+    }
+    tracing::info!(model = reference, "downloading");
+    let pulled = downloader
+        .pull(&r, &PullOptions::default())
+        .await
+        .with_context(|| format!("cannot fetch model {reference}"))?;
+    Ok(pulled.path)
+}
+
+/// [`resolve`] without a mesh: the store, then the hub, with progress on stderr.
+pub async fn resolve_standalone(reference: &str) -> Result<PathBuf> {
+    let downloader =
+        Downloader::from_env()?.with_progress(std::sync::Arc::new(TerminalReporter::new()));
+    resolve(reference, &downloader).await
+}
 
 pub struct LocalModel {
     pub path: PathBuf,
@@ -56,5 +94,86 @@ impl ModelRegistry {
 
     pub fn ids(&self) -> impl Iterator<Item = &String> {
         self.models.keys()
+    }
+}
+
+/// `exo-p2p models ...`.
+pub async fn command(cmd: crate::cli::ModelsCommand) -> Result<()> {
+    use crate::cli::ModelsCommand;
+    let store = exo_engine::download::ModelStore::from_env();
+    match cmd {
+        ModelsCommand::List => {
+            let models = tokio::task::spawn_blocking(move || store.list()).await??;
+            if models.is_empty() {
+                eprintln!(
+                    "no models in {} (fetch one with `exo-p2p models pull REF`)",
+                    exo_engine::download::ModelStore::default_root().display()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<48} {:>9}  {:<8} {:<8} PATH",
+                "MODEL", "SIZE", "ARCH", "QUANT"
+            );
+            for m in models {
+                for f in m.files.iter().filter(|f| f.name.ends_with(".gguf")) {
+                    let (arch, quant) = f.gguf.as_ref().map_or(("?", "?"), |g| {
+                        (g.arch.as_str(), g.quant.as_deref().unwrap_or("?"))
+                    });
+                    println!(
+                        "{:<48} {:>9}  {arch:<8} {quant:<8} {}",
+                        m.repo,
+                        human(f.size),
+                        m.dir.join(&f.name).display()
+                    );
+                }
+                if !m.files.iter().any(|f| f.name.ends_with(".gguf")) {
+                    println!(
+                        "{:<48} {:>9}  {:<8} {:<8} {}",
+                        m.repo,
+                        human(m.total_size),
+                        "-",
+                        "-",
+                        m.dir.display()
+                    );
+                }
+            }
+        }
+        ModelsCommand::Pull { reference } => {
+            let path = resolve_standalone(&reference).await?;
+            println!("{}", path.display());
+        }
+        ModelsCommand::Rm { reference } => {
+            let r = parse_reference(&reference);
+            let removed = tokio::task::spawn_blocking(move || store.remove(&r)).await??;
+            eprintln!(
+                "removed {} file(s), {} of {}",
+                removed.files.len(),
+                human(removed.bytes),
+                removed.repo
+            );
+        }
+        ModelsCommand::Catalog => {
+            println!("{:<22} {:<48} {:<8} SIZE", "NAME", "REPOSITORY", "ARCH");
+            for c in CATALOG {
+                println!(
+                    "{:<22} {:<48} {:<8} ~{}",
+                    c.name,
+                    c.repo,
+                    c.arch,
+                    human(c.approx_bytes)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        b2 if b2 >= 1 << 30 => format!("{:.1} GiB", b / (1u64 << 30) as f64),
+        b2 if b2 >= 1 << 20 => format!("{:.0} MiB", b / (1u64 << 20) as f64),
+        _ => format!("{:.0} KiB", b / 1024.0),
     }
 }

@@ -9,11 +9,15 @@ use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, Plan};
 use libp2p::{pnet::PreSharedKey, Multiaddr};
 use tokio::sync::watch;
 
+use exo_engine::download::{DownloadTracker, Downloader, ModelStore, TerminalReporter};
+use exo_protocol::FileOffer;
+
 use crate::{
+    files::{self, PeerFiles},
     host::ShardHost,
     identity,
     metrics::Metrics,
-    models::ModelRegistry,
+    models::{self, ModelRegistry},
     network::{self, Client, Inbound, NetworkConfig},
     ring::Ring,
     sysinfo,
@@ -22,7 +26,8 @@ use crate::{
 
 pub struct NodeOptions {
     pub home: PathBuf,
-    pub models: Vec<PathBuf>,
+    /// Models to serve: paths, or references to fetch (`owner/repo[:QUANT]`, catalog names).
+    pub models: Vec<String>,
     pub listen: Vec<Multiaddr>,
     pub peers: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
@@ -38,6 +43,7 @@ pub struct NodeOptions {
 }
 
 pub struct Node {
+    pub downloads: Arc<DownloadTracker>,
     pub client: Client,
     pub host: Arc<ShardHost>,
     pub topology: watch::Receiver<Topology>,
@@ -48,10 +54,16 @@ pub struct Node {
 impl Node {
     pub async fn start(opts: NodeOptions) -> Result<Self> {
         let key = identity::load_or_create(&opts.home)?;
-        let models = {
-            let paths = opts.models.clone();
-            Arc::new(tokio::task::spawn_blocking(move || ModelRegistry::load(&paths)).await??)
-        };
+        // Peers worth waiting for when a model must be fetched: explicitly configured ones, or
+        // the LAN's.
+        let peer_wait =
+            if !opts.peers.is_empty() || !opts.bootstrap.is_empty() || !opts.relays.is_empty() {
+                Duration::from_secs(8)
+            } else if opts.mdns {
+                Duration::from_secs(2)
+            } else {
+                Duration::ZERO
+            };
         let mut net = NetworkConfig::new(key);
         net.listen = opts.listen;
         net.peers = opts.peers;
@@ -60,8 +72,37 @@ impl Node {
         net.mdns = opts.mdns;
         net.tailscale = opts.tailscale;
         net.psk = opts.psk;
-        let (client, mut inbound, topology) = network::spawn(net)?;
+        let network::Network {
+            client,
+            activations: mut inbound,
+            files,
+            topology,
+        } = network::spawn(net)?;
         tracing::info!(peer_id = %client.local_peer_id(), "node started");
+
+        // Model files: served to peers from the store; models named by reference are fetched
+        // (from peers first, then the hub) before this node offers them.
+        let store = ModelStore::from_env();
+        files::serve(store.clone(), client.clone(), files);
+        let downloads = DownloadTracker::new();
+        let downloader = Downloader::from_env()?
+            .with_alt_source(Arc::new(PeerFiles {
+                client: client.clone(),
+                topology: topology.clone(),
+                wait: peer_wait,
+            }))
+            .with_progress(downloads.clone())
+            .with_progress(Arc::new(TerminalReporter::new()));
+        let mut paths = Vec::new();
+        for reference in &opts.models {
+            paths.push(models::resolve(reference, &downloader).await?);
+        }
+        let models =
+            Arc::new(tokio::task::spawn_blocking(move || ModelRegistry::load(&paths)).await??);
+        let held = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.held_files()).await??
+        };
 
         let (total, available) = sysinfo::memory();
         let mut record = CapabilityRecord::new(client.local_peer_id().to_string());
@@ -70,6 +111,15 @@ impl Node {
         record.compute_score = tokio::task::spawn_blocking(sysinfo::compute_score).await?;
         record.cpu = sysinfo::cpu_description(opts.threads);
         record.models = models.offers();
+        record.files = held
+            .into_iter()
+            .map(|f| FileOffer {
+                repo: f.repo,
+                file: f.file,
+                size: f.size,
+                sha256: f.sha256,
+            })
+            .collect();
         record.api_port = opts.api_port;
         record.software = crate::cli::VERSION.to_string();
         let metrics = Arc::new(Metrics::default());
@@ -125,6 +175,7 @@ impl Node {
         });
 
         Ok(Self {
+            downloads,
             client,
             host,
             topology,

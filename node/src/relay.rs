@@ -39,7 +39,8 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         .as_deref()
         .map(private_swarm::read_key)
         .transpose()?;
-    let (client, _inbound, _topology) = network::spawn(cfg)?;
+    let network = network::spawn(cfg)?;
+    let client = network.client.clone();
     // Give the listeners a moment to report their concrete addresses.
     let mut addrs = Vec::new();
     for _ in 0..50 {

@@ -58,7 +58,7 @@ pub async fn run(args: RunArgs, threads: usize) -> Result<()> {
     if args.mesh.joins() || args.wait_peers > 0 {
         return run_on_ring(args, threads).await;
     }
-    let path = args.model.clone();
+    let path = crate::models::resolve_standalone(&args.model).await?;
     let (info, ring) = tokio::task::spawn_blocking(move || -> Result<_> {
         let info = ModelInfo::load(&path)?;
         let ring = LocalRing::load(&path, 1, &Device::Cpu)?;

@@ -28,7 +28,7 @@ pub fn default_listen(port: u16) -> Vec<libp2p::Multiaddr> {
 impl MeshArgs {
     pub fn node_options(
         &self,
-        models: Vec<std::path::PathBuf>,
+        models: Vec<String>,
         default_port: u16,
         threads: usize,
     ) -> Result<NodeOptions> {

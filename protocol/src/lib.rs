@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod capability;
 pub mod codec;
+pub mod files;
 pub mod partition;
 pub mod shard;
 
@@ -16,6 +17,7 @@ pub use activation::{
 };
 pub use capability::{CapabilityRecord, FileOffer, LoadedShard, ModelOffer};
 pub use codec::{decode, encode, CodecError};
+pub use files::{FileRequest, FileRequestBody, FileResponse, FileResponseBody, MAX_CHUNK_BYTES};
 pub use partition::{partition, PartitionError, RingNode};
 pub use shard::{LayerRange, Plan, Stage};
 

@@ -7,7 +7,7 @@ use libp2p::{
     request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, StreamProtocol,
 };
 
-use super::codec::{ActivationCodec, ACTIVATION_PROTOCOL};
+use super::codec::{ActivationCodec, FileCodec, ACTIVATION_PROTOCOL, FILES_PROTOCOL};
 
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/exo-p2p/kad/1.0.0");
 pub const IDENTIFY_PROTOCOL: &str = "/exo-p2p/id/1.0.0";
@@ -21,6 +21,7 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub activation: request_response::Behaviour<ActivationCodec>,
+    pub files: request_response::Behaviour<FileCodec>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
     pub autonat: autonat::v1::Behaviour,
@@ -109,6 +110,13 @@ impl Behaviour {
                 .with_request_timeout(cfg.request_timeout)
                 .with_max_concurrent_streams(256),
         );
+        let files = request_response::Behaviour::with_codec(
+            FileCodec,
+            [(FILES_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(60))
+                .with_max_concurrent_streams(64),
+        );
         let autonat = autonat::v1::Behaviour::new(
             peer_id,
             autonat::v1::Config {
@@ -128,6 +136,7 @@ impl Behaviour {
             kad,
             gossipsub,
             activation,
+            files,
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat,

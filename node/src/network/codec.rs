@@ -4,11 +4,15 @@
 
 use std::io;
 
-use exo_protocol::{decode, encode, ActivationRequest, ActivationResponse, MAX_FRAME_BYTES};
+use exo_protocol::{
+    decode, encode, ActivationRequest, ActivationResponse, FileRequest, FileResponse,
+    MAX_CHUNK_BYTES, MAX_FRAME_BYTES,
+};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 
 pub const ACTIVATION_PROTOCOL: StreamProtocol = StreamProtocol::new("/exo-p2p/activation/1");
+pub const FILES_PROTOCOL: StreamProtocol = StreamProtocol::new("/exo-p2p/files/1");
 
 /// Responses are small (a token id, an error); anything larger is refused.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -101,6 +105,63 @@ impl request_response::Codec for ActivationCodec {
         _: &StreamProtocol,
         io: &mut T,
         res: ActivationResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&res).map_err(invalid)?).await
+    }
+}
+
+/// `/exo-p2p/files/1`: small requests, replies of at most one chunk plus framing.
+#[derive(Debug, Clone, Default)]
+pub struct FileCodec;
+
+const MAX_FILE_REQUEST_BYTES: usize = 4096;
+const MAX_FILE_RESPONSE_BYTES: usize = MAX_CHUNK_BYTES as usize + 4096;
+
+impl request_response::Codec for FileCodec {
+    type Protocol = StreamProtocol;
+    type Request = FileRequest;
+    type Response = FileResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<FileRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_frame(io, MAX_FILE_REQUEST_BYTES)
+            .await?
+            .map_err(invalid)?;
+        decode(&bytes, MAX_FILE_REQUEST_BYTES).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<FileResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_frame(io, MAX_FILE_RESPONSE_BYTES)
+            .await?
+            .map_err(invalid)?;
+        decode(&bytes, MAX_FILE_RESPONSE_BYTES).map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: FileRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&req).map_err(invalid)?).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: FileResponse,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,

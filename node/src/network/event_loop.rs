@@ -8,6 +8,7 @@ use std::{
 
 use exo_protocol::{
     capability::MAX_RECORD_BYTES, decode, encode, ActivationResponse, CapabilityRecord, ErrorKind,
+    FileResponse, FileResponseBody,
 };
 use futures::StreamExt;
 use libp2p::{
@@ -23,17 +24,30 @@ use super::{
     behaviour::{Behaviour, BehaviourConfig, BehaviourEvent, CAPABILITY_TOPIC, KAD_PROTOCOL},
     discovery::{self, Redialer},
     transport::build_swarm,
-    Client, Command, InboundActivation, NetError, NetworkConfig,
+    Client, Command, InboundActivation, InboundFile, NetError, NetworkConfig,
 };
 use crate::topology::{Connection, Topology};
 
 /// Default libp2p port (TCP and QUIC), used to reach Tailscale peers.
 pub const DEFAULT_PORT: u16 = 52416;
 
+/// The channels between the event loop and the rest of the node.
+pub struct Channels {
+    pub commands: mpsc::Receiver<Command>,
+    pub activations: mpsc::Sender<InboundActivation>,
+    pub files: mpsc::Sender<InboundFile>,
+    pub topology: watch::Sender<Topology>,
+}
+
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<InboundActivation>,
+    inbound_files: mpsc::Sender<InboundFile>,
+    pending_files: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<FileResponse, NetError>>,
+    >,
     topo_tx: watch::Sender<Topology>,
     topology: Topology,
     client: Client,
@@ -83,13 +97,7 @@ fn is_quic(addr: &Multiaddr) -> bool {
 }
 
 impl EventLoop {
-    pub fn new(
-        cfg: NetworkConfig,
-        commands: mpsc::Receiver<Command>,
-        inbound: mpsc::Sender<InboundActivation>,
-        topo_tx: watch::Sender<Topology>,
-        client: Client,
-    ) -> anyhow::Result<Self> {
+    pub fn new(cfg: NetworkConfig, channels: Channels, client: Client) -> anyhow::Result<Self> {
         let local = cfg.key.public().to_peer_id();
         let private = cfg.psk.is_some();
         let mut swarm = build_swarm(
@@ -129,9 +137,11 @@ impl EventLoop {
         let topology = Topology::new(local.to_string());
         Ok(Self {
             swarm,
-            commands,
-            inbound,
-            topo_tx,
+            commands: channels.commands,
+            inbound: channels.activations,
+            inbound_files: channels.files,
+            pending_files: HashMap::new(),
+            topo_tx: channels.topology,
             topology,
             client,
             topic,
@@ -368,6 +378,25 @@ impl EventLoop {
                     tracing::debug!("activation reply dropped: the requester went away");
                 }
             }
+            Command::FileRequest {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .files
+                    .send_request(&peer, request);
+                self.pending_files.insert(id, reply);
+            }
+            Command::RespondFile { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .files
+                    .send_response(channel, response);
+            }
             Command::SetRecord(record) => {
                 self.record = Some(*record);
                 self.publish_record();
@@ -577,6 +606,53 @@ impl EventLoop {
                 ..
             }) => {
                 if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Unreachable {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            BehaviourEvent::Files(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        if let Err(e) = self.inbound_files.try_send(InboundFile {
+                            peer,
+                            request,
+                            channel,
+                        }) {
+                            let inbound = match e {
+                                mpsc::error::TrySendError::Full(i)
+                                | mpsc::error::TrySendError::Closed(i) => i,
+                            };
+                            let busy = FileResponse::new(FileResponseBody::Error(
+                                "too many file requests queued".into(),
+                            ));
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .files
+                                .send_response(inbound.channel, busy);
+                        }
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending_files.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Files(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_files.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Unreachable {
                         peer,
                         reason: error.to_string(),

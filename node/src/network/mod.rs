@@ -12,7 +12,9 @@ mod transport;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use exo_protocol::{ActivationRequest, ActivationResponse, CapabilityRecord};
+use exo_protocol::{
+    ActivationRequest, ActivationResponse, CapabilityRecord, FileRequest, FileResponse,
+};
 use libp2p::{
     identity::Keypair, pnet::PreSharedKey, request_response::ResponseChannel, Multiaddr, PeerId,
 };
@@ -63,6 +65,21 @@ impl NetworkConfig {
     }
 }
 
+/// A file request from a peer, to be answered through [`Client::respond_file`].
+pub struct InboundFile {
+    pub peer: PeerId,
+    pub request: FileRequest,
+    pub channel: ResponseChannel<FileResponse>,
+}
+
+/// What [`spawn`] gives the rest of the node.
+pub struct Network {
+    pub client: Client,
+    pub activations: mpsc::Receiver<InboundActivation>,
+    pub files: mpsc::Receiver<InboundFile>,
+    pub topology: watch::Receiver<Topology>,
+}
+
 /// An activation frame from a peer, to be answered through [`Client::respond`].
 pub struct InboundActivation {
     pub peer: PeerId,
@@ -87,6 +104,15 @@ pub(crate) enum Command {
     Respond {
         channel: ResponseChannel<ActivationResponse>,
         response: ActivationResponse,
+    },
+    FileRequest {
+        peer: PeerId,
+        request: FileRequest,
+        reply: oneshot::Sender<Result<FileResponse, NetError>>,
+    },
+    RespondFile {
+        channel: ResponseChannel<FileResponse>,
+        response: FileResponse,
     },
     SetRecord(Box<CapabilityRecord>),
     Dial(Multiaddr),
@@ -135,6 +161,30 @@ impl Client {
         let _ = self.send(Command::Respond { channel, response }).await;
     }
 
+    /// Asks `peer` for (part of) a model file it holds.
+    pub async fn file_request(
+        &self,
+        peer: PeerId,
+        request: FileRequest,
+    ) -> Result<FileResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FileRequest {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NetError::Shutdown)?
+    }
+
+    pub async fn respond_file(
+        &self,
+        channel: ResponseChannel<FileResponse>,
+        response: FileResponse,
+    ) {
+        let _ = self.send(Command::RespondFile { channel, response }).await;
+    }
+
     /// Replaces this node's capability record (addresses and sequence are filled in) and
     /// publishes it.
     pub async fn set_record(&self, record: CapabilityRecord) {
@@ -170,21 +220,26 @@ impl Client {
 }
 
 /// Builds the swarm, starts listening and dialling, and runs the event loop on the runtime.
-pub fn spawn(
-    config: NetworkConfig,
-) -> Result<(
-    Client,
-    mpsc::Receiver<InboundActivation>,
-    watch::Receiver<Topology>,
-)> {
+pub fn spawn(config: NetworkConfig) -> Result<Network> {
     let local = config.key.public().to_peer_id();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let (files_tx, files_rx) = mpsc::channel(64);
     let (topo_tx, topo_rx) = watch::channel(Topology::new(local.to_string()));
     let client = Client { tx: cmd_tx, local };
-    let event_loop =
-        event_loop::EventLoop::new(config, cmd_rx, inbound_tx, topo_tx, client.clone())
-            .map_err(|e| anyhow!("cannot start the network: {e:#}"))?;
+    let channels = event_loop::Channels {
+        commands: cmd_rx,
+        activations: inbound_tx,
+        files: files_tx,
+        topology: topo_tx,
+    };
+    let event_loop = event_loop::EventLoop::new(config, channels, client.clone())
+        .map_err(|e| anyhow!("cannot start the network: {e:#}"))?;
     tokio::spawn(event_loop.run());
-    Ok((client, inbound_rx, topo_rx))
+    Ok(Network {
+        client,
+        activations: inbound_rx,
+        files: files_rx,
+        topology: topo_rx,
+    })
 }

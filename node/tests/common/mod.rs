@@ -84,6 +84,7 @@ pub struct Node {
     pub peer_id: String,
     pub log: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Node {
@@ -106,7 +107,14 @@ impl Node {
             p2p_port: free_port(),
             peer_id,
             args: Vec::new(),
+            envs: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the node's process (before `start`).
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.envs.push((key.into(), value.into()));
+        self
     }
 
     /// This node's address for `--peer` / `--bootstrap`.
@@ -141,6 +149,7 @@ impl Node {
             .env("EXO_THREADS", "1")
             .env_remove("RUST_LOG")
             .env("DEBUG", std::env::var("EXO_TEST_DEBUG").unwrap_or_default())
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

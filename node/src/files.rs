@@ -1,0 +1,209 @@
+//! Model files over the mesh (`/exo-p2p/files/1`): this node serves the files it holds, and
+//! [`PeerFiles`] lets the downloader fetch from peers before the hub, so a LAN downloads a model
+//! from the internet once. Bytes from a peer go through the downloader's sha256 check like the
+//! hub's.
+
+use std::{
+    io::{Read, Seek, SeekFrom},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use exo_engine::download::{AltError, AltSource, AltStream, ModelStore, RemoteFile, RepoInfo};
+use exo_protocol::{FileRequest, FileRequestBody, FileResponse, FileResponseBody, MAX_CHUNK_BYTES};
+use futures::{stream, StreamExt};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    network::{Client, InboundFile},
+    topology::Topology,
+};
+
+/// Answers peers' file requests from the local store.
+pub fn serve(store: ModelStore, client: Client, mut inbound: mpsc::Receiver<InboundFile>) {
+    tokio::spawn(async move {
+        while let Some(msg) = inbound.recv().await {
+            let (store, client) = (store.clone(), client.clone());
+            tokio::spawn(async move {
+                let req = msg.request.body;
+                let response = tokio::task::spawn_blocking(move || answer(&store, req))
+                    .await
+                    .unwrap_or_else(|e| FileResponseBody::Error(e.to_string()));
+                client
+                    .respond_file(msg.channel, FileResponse::new(response))
+                    .await;
+            });
+        }
+    });
+}
+
+fn answer(store: &ModelStore, req: FileRequestBody) -> FileResponseBody {
+    match req {
+        FileRequestBody::Listing { repo, revision } => match store.repo_info(&repo, &revision) {
+            Ok(info) => {
+                FileResponseBody::Listing(info.and_then(|i| serde_json::to_string(&i).ok()))
+            }
+            Err(e) => FileResponseBody::Error(e.to_string()),
+        },
+        FileRequestBody::Chunk {
+            repo,
+            file,
+            offset,
+            len,
+        } => {
+            let read = || -> Result<FileResponseBody, String> {
+                let (path, held) = store
+                    .held_file(&repo, &file)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{repo}/{file} is not held here"))?;
+                if offset > held.size {
+                    return Err(format!("offset {offset} is past the end of {file}"));
+                }
+                let len = (len.min(MAX_CHUNK_BYTES) as u64).min(held.size - offset) as usize;
+                let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+                let mut data = vec![0u8; len];
+                f.read_exact(&mut data).map_err(|e| e.to_string())?;
+                Ok(FileResponseBody::Chunk {
+                    data,
+                    size: held.size,
+                })
+            };
+            read().unwrap_or_else(FileResponseBody::Error)
+        }
+    }
+}
+
+/// Peers as a source of model files for the downloader.
+pub struct PeerFiles {
+    pub client: Client,
+    pub topology: watch::Receiver<Topology>,
+    /// How long to wait for a peer holding a repository to show up before giving up on peers.
+    pub wait: Duration,
+}
+
+impl PeerFiles {
+    /// Peers whose capability records say they hold files of `repo` (and `file`, if given).
+    fn holders(&self, repo: &str, file: Option<&str>) -> Vec<(PeerId, Option<RemoteFile>)> {
+        let topo = self.topology.borrow();
+        topo.nodes
+            .values()
+            .filter(|e| e.record.peer_id != topo.local)
+            .filter_map(|e| {
+                let held: Vec<_> = e.record.files.iter().filter(|f| f.repo == repo).collect();
+                let remote = match file {
+                    Some(name) => {
+                        let f = held.iter().find(|f| f.file == name)?;
+                        Some(RemoteFile {
+                            size: f.size,
+                            sha256: f.sha256.clone(),
+                        })
+                    }
+                    None if held.is_empty() => return None,
+                    None => None,
+                };
+                Some((e.record.peer_id.parse().ok()?, remote))
+            })
+            .collect()
+    }
+
+    async fn wait_for_holders(&self, repo: &str) -> Vec<PeerId> {
+        let mut topo = self.topology.clone();
+        let found = tokio::time::timeout(self.wait, async {
+            let _ = topo
+                .wait_for(|t| {
+                    t.nodes
+                        .values()
+                        .any(|e| e.record.files.iter().any(|f| f.repo == repo))
+                })
+                .await;
+        })
+        .await;
+        if found.is_err() {
+            tracing::debug!(repo, "no peer holds files of this repository");
+        }
+        self.holders(repo, None)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl AltSource for PeerFiles {
+    async fn repo_info(&self, repo: &str, revision: &str) -> Option<RepoInfo> {
+        for peer in self.wait_for_holders(repo).await {
+            let req = FileRequest::new(FileRequestBody::Listing {
+                repo: repo.into(),
+                revision: revision.into(),
+            });
+            if let Ok(FileResponse {
+                body: FileResponseBody::Listing(Some(json)),
+                ..
+            }) = self.client.file_request(peer, req).await
+            {
+                if let Ok(info) = serde_json::from_str::<RepoInfo>(&json) {
+                    tracing::info!(repo, %peer, "repository listing from a peer");
+                    return Some(info);
+                }
+            }
+        }
+        None
+    }
+
+    async fn locate(&self, repo: &str, file: &str) -> Option<RemoteFile> {
+        self.holders(repo, Some(file))
+            .into_iter()
+            .find_map(|(_, f)| f)
+    }
+
+    async fn fetch_range(
+        &self,
+        repo: &str,
+        file: &str,
+        remote: &RemoteFile,
+        offset: u64,
+    ) -> Result<AltStream, AltError> {
+        let (peer, _) = self
+            .holders(repo, Some(file))
+            .into_iter()
+            .find(|(_, f)| f.as_ref().is_some_and(|f| f.sha256 == remote.sha256))
+            .ok_or("no peer holds this version of the file")?;
+        tracing::info!(repo, file, %peer, offset, "downloading from a peer");
+        let chunk = MAX_CHUNK_BYTES as u64;
+        let offsets = (offset..remote.size).step_by(chunk as usize);
+        let (client, repo, file) = (self.client.clone(), repo.to_string(), file.to_string());
+        // Four chunk requests in flight keep a LAN link busy.
+        let bytes = stream::iter(offsets)
+            .map(move |off| {
+                let (client, repo, file) = (client.clone(), repo.clone(), file.clone());
+                async move {
+                    let req = FileRequest::new(FileRequestBody::Chunk {
+                        repo,
+                        file,
+                        offset: off,
+                        len: chunk as u32,
+                    });
+                    match client.file_request(peer, req).await {
+                        Ok(FileResponse {
+                            body: FileResponseBody::Chunk { data, .. },
+                            ..
+                        }) if !data.is_empty() => Ok(Bytes::from(data)),
+                        Ok(FileResponse {
+                            body: FileResponseBody::Error(e),
+                            ..
+                        }) => Err(std::io::Error::other(e)),
+                        Ok(_) => Err(std::io::Error::other("unexpected reply from peer")),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    }
+                }
+            })
+            .buffered(4)
+            .boxed();
+        Ok(AltStream {
+            source: peer.to_string(),
+            bytes,
+        })
+    }
+}
