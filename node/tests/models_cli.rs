@@ -5,7 +5,6 @@
 
 mod common;
 
-#[allow(dead_code)]
 #[path = "../../engine/tests/download_hub/mod.rs"]
 mod download_hub;
 
