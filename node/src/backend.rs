@@ -126,8 +126,12 @@ impl Backend for NodeBackend {
         })
     }
 
-    fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<Generation, BackendError>> {
+    fn generate(
+        &self,
+        mut req: GenerateRequest,
+    ) -> BoxFuture<'_, Result<Generation, BackendError>> {
         Box::pin(async move {
+            req.model = self.node.models.canonical(&req.model).to_string();
             let info = self.model_info(&req.model)?;
             let prompt = match &req.prompt {
                 Prompt::Text(t) => info.encode_prompt(t),

@@ -63,6 +63,9 @@ impl LocalModel {
 #[derive(Default)]
 pub struct ModelRegistry {
     models: BTreeMap<String, LocalModel>,
+    /// The references models were started with (`qwen2.5-coder-0.5b`, `owner/repo:Q8_0`),
+    /// accepted as names in requests.
+    aliases: BTreeMap<String, String>,
 }
 
 impl ModelRegistry {
@@ -81,11 +84,26 @@ impl ModelRegistry {
                 },
             );
         }
-        Ok(Self { models })
+        Ok(Self {
+            models,
+            aliases: BTreeMap::new(),
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<&LocalModel> {
         self.models.get(id)
+    }
+
+    /// Records that `reference` names the model with id `id`.
+    pub fn alias(&mut self, reference: &str, id: &str) {
+        if reference != id && self.models.contains_key(id) {
+            self.aliases.insert(reference.to_string(), id.to_string());
+        }
+    }
+
+    /// The model id a request's name stands for.
+    pub fn canonical<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.get(name).map_or(name, String::as_str)
     }
 
     pub fn offers(&self) -> Vec<ModelOffer> {

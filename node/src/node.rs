@@ -97,8 +97,13 @@ impl Node {
         for reference in &opts.models {
             paths.push(models::resolve(reference, &downloader).await?);
         }
-        let models =
-            Arc::new(tokio::task::spawn_blocking(move || ModelRegistry::load(&paths)).await??);
+        let loaded = paths.clone();
+        let mut registry =
+            tokio::task::spawn_blocking(move || ModelRegistry::load(&loaded)).await??;
+        for (reference, path) in opts.models.iter().zip(&paths) {
+            registry.alias(reference, &exo_engine::model_id(path));
+        }
+        let models = Arc::new(registry);
         let held = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.held_files()).await??
