@@ -80,6 +80,28 @@ impl ShardModel {
     }
 
     pub fn from_source(src: &Source, range: Option<LayerRange>, dev: &Device) -> Result<Self> {
+        Self::from_source_reusing(src, range, dev, None)
+    }
+
+    /// Loads `range` of the model at `path`, taking the layers (and embedding or head) that
+    /// `previous` — another shard of the same model — already holds instead of reading them
+    /// again: when a ring changes, only the layers that moved are loaded.
+    pub fn load_reusing(
+        path: &Path,
+        range: LayerRange,
+        device: &Device,
+        previous: Option<&ShardModel>,
+    ) -> Result<Self> {
+        let src = Source::open(path)?;
+        Self::from_source_reusing(&src, Some(range), device, previous)
+    }
+
+    fn from_source_reusing(
+        src: &Source,
+        range: Option<LayerRange>,
+        dev: &Device,
+        previous: Option<&ShardModel>,
+    ) -> Result<Self> {
         let spec = models::spec(src)?;
         let n = spec.hp.n_layers as u32;
         let range = range.unwrap_or(LayerRange::full(n));
@@ -101,8 +123,16 @@ impl ShardModel {
                 src.tensor("token_embd.weight", dev)?,
             ))?)
         };
+        let previous =
+            previous.filter(|p| p.range.n_layers == range.n_layers && p.spec.arch == spec.arch);
         let mut table = None;
-        let embed = if range.is_first() {
+        let embed = if let Some(e) = previous
+            .and_then(|p| p.embed.clone())
+            .filter(|_| range.is_first())
+        {
+            table = Some(e.table.clone());
+            Some(e)
+        } else if range.is_first() {
             let t = embed_table()?;
             table = Some(t.clone());
             Some(Embedding {
@@ -112,7 +142,12 @@ impl ShardModel {
         } else {
             None
         };
-        let head = if range.is_last() {
+        let head = if let Some(h) = previous
+            .and_then(|p| p.head.clone())
+            .filter(|_| range.is_last())
+        {
+            Some(h)
+        } else if range.is_last() {
             let output = if src.has_tensor("output.weight") {
                 linear("output")?
             } else {
@@ -131,7 +166,15 @@ impl ShardModel {
         };
 
         let mut blocks = Vec::with_capacity(range.len() as usize);
+        let mut reused = 0;
         for i in range.start as usize..range.end as usize {
+            if let Some(prev) =
+                previous.filter(|p| (p.range.start as usize..p.range.end as usize).contains(&i))
+            {
+                blocks.push(prev.blocks[i - prev.range.start as usize].clone());
+                reused += 1;
+                continue;
+            }
             let p = format!("blk.{i}");
             let (rope, window) = spec.layer_attn[i];
             let opt_norm = |on: bool, name: &str| -> Result<Option<RmsNorm>> {
@@ -167,7 +210,7 @@ impl ShardModel {
         let mut windows: Vec<Option<usize>> = blocks.iter().map(|b| b.attn.window).collect();
         windows.sort();
         windows.dedup();
-        tracing::debug!(arch = %spec.arch, %range, path = %src.path().display(), "shard loaded");
+        tracing::debug!(arch = %spec.arch, %range, reused, path = %src.path().display(), "shard loaded");
         Ok(Self {
             spec,
             range,

@@ -440,3 +440,28 @@ fn context_overflow_is_a_clear_error() {
         .to_string();
     assert!(err.contains("300") && err.contains("256"), "{err}");
 }
+
+#[test]
+fn a_new_range_reuses_the_layers_already_loaded() {
+    let dir = Dir::new("reuse");
+    let path = tiny_gguf(&dir.0, "qwen2", GgmlDType::Q8_0);
+    let n = LAYERS as u32;
+    let old = ShardModel::load(&path, Some(LayerRange::new(0, 2, n)), &Device::Cpu).unwrap();
+    // The ring changed: this node now holds 0..3, the rest 3..4.
+    let grown = ShardModel::load_reusing(&path, LayerRange::new(0, 3, n), &Device::Cpu, Some(&old))
+        .unwrap();
+    let rest = ShardModel::load(&path, Some(LayerRange::new(3, n, n)), &Device::Cpu).unwrap();
+    let tokens = ids(7);
+    let h = grown
+        .forward(
+            ShardInput::Tokens(&tokens),
+            &mut grown.new_cache(),
+            Logits::All,
+        )
+        .unwrap();
+    let got = rest
+        .forward(ShardInput::Hidden(h), &mut rest.new_cache(), Logits::All)
+        .unwrap();
+    let want = chained(&path, &[LayerRange::full(n)], &tokens);
+    assert!(max_diff(&got, &want) <= 1e-5);
+}

@@ -31,6 +31,11 @@ pub struct ShardHost {
     metrics: Arc<Metrics>,
 }
 
+/// Layers two ranges have in common.
+fn overlap(a: LayerRange, b: LayerRange) -> u32 {
+    a.end.min(b.end).saturating_sub(a.start.max(b.start))
+}
+
 fn engine_error(peer: &PeerId, e: EngineError) -> ActivationResponse {
     let kind = match &e {
         EngineError::Busy(_) => ErrorKind::Busy,
@@ -130,14 +135,18 @@ impl ShardHost {
                     format!("model {model} is not available on this node"),
                 )
             })?;
-        tracing::info!(model, %range, "loading shard");
+        // Layers this node already holds for the model are taken over, not read again.
+        let previous = shards.get(model).map(|r| r.model().clone());
+        let kept = previous.as_ref().map_or(0, |p| overlap(p.range(), range));
+        tracing::info!(model, %range, kept_layers = kept, "loading shard");
         let start = std::time::Instant::now();
-        let loaded =
-            tokio::task::spawn_blocking(move || ShardModel::load(&path, Some(range), &Device::Cpu))
-                .await
-                .map_err(|e| fail(ErrorKind::Load, e.to_string()))?
-                .map_err(|e| fail(ErrorKind::Load, format!("cannot load {model} {range}: {e}")))?;
-        tracing::info!(model, %range, secs = start.elapsed().as_secs_f32(), "shard loaded");
+        let loaded = tokio::task::spawn_blocking(move || {
+            ShardModel::load_reusing(&path, range, &Device::Cpu, previous.as_deref())
+        })
+        .await
+        .map_err(|e| fail(ErrorKind::Load, e.to_string()))?
+        .map_err(|e| fail(ErrorKind::Load, format!("cannot load {model} {range}: {e}")))?;
+        tracing::info!(model, %range, kept_layers = kept, secs = start.elapsed().as_secs_f32(), "shard loaded");
         let runner = Arc::new(ShardRunner::new(Arc::new(loaded), self.limits.clone()));
         shards.insert(model.to_string(), runner.clone());
         drop(shards);
