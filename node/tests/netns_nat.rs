@@ -430,36 +430,20 @@ fn a_node_with_another_swarm_key_is_refused() {
         log_has(&relay_log, "another swarm key cannot join"),
         "the relay did not log the refusal"
     );
-    // With the right key the same host joins at once.
-    let out =
-        w.ns.command("h3", bin())
-            .args([
-                "run",
-                model,
-                "-p",
-                "hi",
-                "-n",
-                "4",
-                "--no-mdns",
-                "--peer",
-                &relay,
-                "--listen",
-                "/ip4/0.0.0.0/tcp/4001",
-            ])
-            .args([
-                "--swarm-key",
-                k1.to_str().unwrap(),
-                "--wait-peers",
-                "1",
-                "--wait-timeout",
-                "60",
-            ])
-            .env("EXO_HOME", temp_dir("h3b"))
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // With an invite token (the right key plus the relay's address) the same host joins.
+    let invite = Command::new(bin())
+        .args(["invite", "--swarm-key", k1.to_str().unwrap(), "--relay", &relay])
+        .output()
+        .unwrap();
+    assert!(invite.status.success());
+    let token = String::from_utf8(invite.stdout).unwrap().trim().to_string();
+    let out = w
+        .ns
+        .command("h3", bin())
+        .args(["run", model, "-p", "hi", "-n", "4", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001"])
+        .args(["--join", &token, "--wait-peers", "1", "--wait-timeout", "60"])
+        .env("EXO_HOME", temp_dir("h3b"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
