@@ -38,43 +38,55 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best level this CPU supports.
-    pub fn detect() -> Isa {
+    /// Whether this CPU can run kernels of this level.
+    pub fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c");
-            let avx512 = avx2
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni");
-            let vnni = avx512 || (avx2 && is_x86_feature_detected!("avxvnni"));
-            if avx512 {
-                Isa::Avx512
-            } else if vnni {
-                Isa::AvxVnni
-            } else if avx2 {
-                Isa::Avx2
-            } else {
-                Isa::Scalar
+            match self {
+                Isa::Scalar => true,
+                Isa::Avx2 => avx2,
+                Isa::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+                Isa::Avx512 => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            Isa::Scalar
+            self == Isa::Scalar
         }
+    }
+
+    const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512];
+
+    /// The best supported level not above `cap`.
+    pub fn best_up_to(cap: Isa) -> Isa {
+        Isa::ALL
+            .into_iter()
+            .filter(|i| *i <= cap && i.supported())
+            .max()
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// The best level this CPU supports.
+    pub fn detect() -> Isa {
+        Isa::best_up_to(Isa::Avx512)
     }
 
     /// The level in use: [`Isa::detect`] limited by `EXO_NO_AVX512` and `EXO_QUANT_ISA`.
     pub fn current() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let mut isa = Isa::detect();
+            let mut cap = Isa::Avx512;
             let on = |v: &str| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0");
             if on("EXO_NO_AVX512") {
-                isa = isa.min(Isa::AvxVnni);
+                cap = Isa::AvxVnni;
             }
             if let Ok(s) = std::env::var("EXO_QUANT_ISA") {
                 let want = match s.to_ascii_lowercase().as_str() {
@@ -85,20 +97,16 @@ impl Isa {
                     _ => None,
                 };
                 if let Some(w) = want {
-                    isa = isa.min(w);
+                    cap = cap.min(w);
                 }
             }
-            isa
+            Isa::best_up_to(cap)
         })
     }
 
     /// Levels this CPU can run, lowest first (for tests).
     pub fn available() -> Vec<Isa> {
-        let best = Isa::detect();
-        [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512]
-            .into_iter()
-            .filter(|&i| i <= best)
-            .collect()
+        Isa::ALL.into_iter().filter(|i| i.supported()).collect()
     }
 }
 
@@ -388,7 +396,7 @@ impl QuantMatMul {
         if acts.k != self.k || acts.act_type() != ty.act_type() {
             candle_core::bail!("activations do not fit weight {self:?}")
         }
-        let isa = isa.min(Isa::detect());
+        let isa = Isa::best_up_to(isa);
         let data = qt.data()?;
         kernels::matmul(ty, &data, self.n, self.k, acts, out, isa);
         Ok(())

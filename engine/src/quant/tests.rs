@@ -112,7 +112,7 @@ fn random_x(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn q8_0_matches_ggml(seed: u64, ties: bool) {
@@ -412,7 +412,7 @@ fn check_kernels(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn kernels_match_reference(
