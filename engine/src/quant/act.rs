@@ -11,9 +11,10 @@
 //! which differs in one corner: when both `+amax` and `-amax` occur in a block it always picks
 //! the positive one. [`Q8KActs`] keeps that variant for the rows where it differs.
 
-use rayon::prelude::*;
-
-use super::blocks::{f32_to_f16, BlockQ8K, BlockQ8_0, BlockQ8_1, QK, QK_K};
+use super::{
+    blocks::{f32_to_f16, BlockQ8K, BlockQ8_0, BlockQ8_1, QK, QK_K},
+    Isa,
+};
 
 /// Below this many values a quantization runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;
@@ -113,6 +114,16 @@ fn q8k_tie(x: &[f32]) -> bool {
     amax != 0.0 && max < 0.0 && x.contains(&amax)
 }
 
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to write disjoint elements from the pool's threads.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 fn quantize_rows<B: Send + Copy + Default>(
     x: &[f32],
     block: usize,
@@ -121,14 +132,15 @@ fn quantize_rows<B: Send + Copy + Default>(
     let nb = x.len() / block;
     let mut out = vec![B::default(); nb];
     if x.len() >= PAR_MIN {
-        let per = (nb / (4 * rayon::current_num_threads())).max(8);
-        out.par_chunks_mut(per)
-            .zip(x.par_chunks(per * block))
-            .for_each(|(o, x)| {
-                for (b, x) in o.iter_mut().zip(x.chunks_exact(block)) {
-                    *b = f(x);
-                }
-            });
+        let per = (nb / (4 * super::num_threads())).max(8);
+        let o = SendPtr(out.as_mut_ptr());
+        super::par_for(nb.div_ceil(per), |c| {
+            let (b0, b1) = (c * per, ((c + 1) * per).min(nb));
+            for b in b0..b1 {
+                // SAFETY: each block index is written by one task only.
+                unsafe { *o.get().add(b) = f(&x[b * block..(b + 1) * block]) };
+            }
+        });
     } else {
         for (b, x) in out.iter_mut().zip(x.chunks_exact(block)) {
             *b = f(x);
@@ -138,13 +150,25 @@ fn quantize_rows<B: Send + Copy + Default>(
 }
 
 /// Rows of `x` (`len` a multiple of 32) quantized to Q8_0 blocks, row after row.
-pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
+pub fn quantize_q8_0(x: &[f32], isa: Isa) -> Vec<BlockQ8_0> {
     assert_eq!(x.len() % QK, 0);
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: `isa` is supported by this CPU.
+        return quantize_rows(x, QK, |b| unsafe { x86::block_q8_0(b) });
+    }
+    let _ = isa;
     quantize_rows(x, QK, quantize_block_q8_0)
 }
 
-pub fn quantize_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
+pub fn quantize_q8_1(x: &[f32], isa: Isa) -> Vec<BlockQ8_1> {
     assert_eq!(x.len() % QK, 0);
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: `isa` is supported by this CPU.
+        return quantize_rows(x, QK, |b| unsafe { x86::block_q8_1(b) });
+    }
+    let _ = isa;
     quantize_rows(x, QK, quantize_block_q8_1)
 }
 
@@ -164,12 +188,28 @@ impl Q8KActs {
     }
 }
 
-pub fn quantize_q8k(x: &[f32], m: usize) -> Q8KActs {
+pub fn quantize_q8k(x: &[f32], m: usize, isa: Isa) -> Q8KActs {
     assert_eq!(x.len() % QK_K, 0);
-    let rows = quantize_rows(x, QK_K, |b| quantize_block_q8k(b, false));
+    #[cfg(target_arch = "x86_64")]
+    let rows = if isa >= Isa::Avx2 {
+        // SAFETY: `isa` is supported by this CPU.
+        quantize_rows(x, QK_K, |b| unsafe { x86::block_q8k(b) })
+    } else {
+        quantize_rows(x, QK_K, |b| quantize_block_q8k(b, false))
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let rows = {
+        let _ = isa;
+        quantize_rows(x, QK_K, |b| quantize_block_q8k(b, false))
+    };
     let k = x.len().checked_div(m).unwrap_or(0);
     let grouped_len = (m - m % 4) * k;
-    let grouped = if x[..grouped_len].chunks_exact(QK_K).any(q8k_tie) {
+    // Only a block whose first largest magnitude is negative can differ; check those.
+    let grouped = if x[..grouped_len]
+        .chunks_exact(QK_K)
+        .zip(&rows)
+        .any(|(x, b)| b.d > 0.0 && q8k_tie(x))
+    {
         let mut g = rows.clone();
         for (b, x) in g.iter_mut().zip(x[..grouped_len].chunks_exact(QK_K)) {
             *b = quantize_block_q8k(x, true);
@@ -179,4 +219,137 @@ pub fn quantize_q8k(x: &[f32], m: usize) -> Q8KActs {
         None
     };
     Q8KActs { rows, grouped }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The same quantizers with AVX2; bit-identical to the scalar ones.
+
+    use std::arch::x86_64::*;
+
+    use super::super::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1, QK_K};
+
+    /// `max|x|` of 32 values and their quants at `x * id`, as ggml's AVX2 code computes them.
+    #[inline(always)]
+    unsafe fn q8_32(x: &[f32]) -> (f32, __m256i, [__m256i; 4]) {
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (qi, vi) in q.iter_mut().zip(v) {
+            let r = _mm256_round_ps(
+                _mm256_mul_ps(vi, id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
+            *qi = _mm256_cvtps_epi32(r);
+        }
+        let a = _mm256_packs_epi32(q[0], q[1]);
+        let b = _mm256_packs_epi32(q[2], q[3]);
+        let bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packs_epi16(a, b),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        );
+        (amax, bytes, q)
+    }
+
+    #[inline(always)]
+    unsafe fn f16(x: f32) -> u16 {
+        _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(x), _MM_FROUND_TO_NEAREST_INT), 0) as u16
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block_q8_0(x: &[f32]) -> BlockQ8_0 {
+        let (amax, bytes, _) = q8_32(x);
+        let mut out = BlockQ8_0 {
+            d: f16(amax / 127.0),
+            qs: [0; 32],
+        };
+        _mm256_storeu_si256(out.qs.as_mut_ptr() as *mut __m256i, bytes);
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block_q8_1(x: &[f32]) -> BlockQ8_1 {
+        let (amax, bytes, q) = q8_32(x);
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let sum = super::super::kernels::hsum_i32_256(s);
+        let d = amax / 127.0;
+        let mut out = BlockQ8_1 {
+            d: f16(d),
+            s: f16(d * sum as f32),
+            qs: [0; 32],
+        };
+        _mm256_storeu_si256(out.qs.as_mut_ptr() as *mut __m256i, bytes);
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block_q8k(x: &[f32]) -> BlockQ8K {
+        let p = x.as_ptr();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for i in 0..QK_K / 8 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))));
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let mut out = BlockQ8K::default();
+        if amax == 0.0 {
+            return out;
+        }
+        // The first value of that magnitude gives the sign.
+        let am = _mm256_set1_ps(amax);
+        let mut max = amax;
+        for i in 0..QK_K / 8 {
+            let v = _mm256_loadu_ps(p.add(8 * i));
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), am, _CMP_EQ_OQ));
+            if hit != 0 {
+                max = x[8 * i + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let is = _mm256_set1_ps(iscale);
+        for j in 0..QK_K / 32 {
+            let mut q = [_mm256_setzero_si256(); 4];
+            for (k, qk) in q.iter_mut().enumerate() {
+                let v = _mm256_loadu_ps(p.add(32 * j + 8 * k));
+                let r = _mm256_round_ps(
+                    _mm256_mul_ps(is, v),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                );
+                *qk = _mm256_cvtps_epi32(r);
+            }
+            // Two 16-value sums.
+            let s0 = _mm256_add_epi32(q[0], q[1]);
+            let s1 = _mm256_add_epi32(q[2], q[3]);
+            out.bsums[2 * j] = super::super::kernels::hsum_i32_256(s0) as i16;
+            out.bsums[2 * j + 1] = super::super::kernels::hsum_i32_256(s1) as i16;
+            let a = _mm256_packs_epi32(q[0], q[1]);
+            let b = _mm256_packs_epi32(q[2], q[3]);
+            let bytes = _mm256_permutevar8x32_epi32(
+                _mm256_packs_epi16(a, b),
+                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+            );
+            _mm256_storeu_si256(out.qs.as_mut_ptr().add(32 * j) as *mut __m256i, bytes);
+        }
+        out.d = 1.0 / iscale;
+        out
+    }
 }

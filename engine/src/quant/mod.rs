@@ -20,7 +20,6 @@ use candle_core::{
     quantized::{GgmlDType, QMatMul, QTensor},
     DType, Device, Module, Result, Storage, Tensor,
 };
-use rayon::prelude::*;
 
 use act::Q8KActs;
 use blocks::*;
@@ -174,6 +173,8 @@ pub struct Activations {
     pub m: usize,
     pub k: usize,
     pub data: ActData,
+    /// The scale of every Q8_0 / Q8_1 block as f32 (empty for Q8_K, whose scale is f32).
+    pub d32: Vec<f32>,
 }
 
 pub enum ActData {
@@ -185,13 +186,25 @@ pub enum ActData {
 impl Activations {
     /// Quantizes `x` (`m` rows of `k` values, row-major) for weights of type `ty`.
     pub fn quantize(x: &[f32], m: usize, k: usize, ty: ActType) -> Self {
+        Self::quantize_with(x, m, k, ty, Isa::current())
+    }
+
+    /// [`Activations::quantize`] with the code of `isa` (limited to what the CPU has); every
+    /// level gives the same bits.
+    pub fn quantize_with(x: &[f32], m: usize, k: usize, ty: ActType, isa: Isa) -> Self {
         assert_eq!(x.len(), m * k);
+        let isa = Isa::best_up_to(isa);
         let data = match ty {
-            ActType::Q8_0 => ActData::Q8_0(act::quantize_q8_0(x)),
-            ActType::Q8_1 => ActData::Q8_1(act::quantize_q8_1(x)),
-            ActType::Q8K => ActData::Q8K(act::quantize_q8k(x, m)),
+            ActType::Q8_0 => ActData::Q8_0(act::quantize_q8_0(x, isa)),
+            ActType::Q8_1 => ActData::Q8_1(act::quantize_q8_1(x, isa)),
+            ActType::Q8K => ActData::Q8K(act::quantize_q8k(x, m, isa)),
         };
-        Self { m, k, data }
+        let d32 = match &data {
+            ActData::Q8_0(b) => b.iter().map(|b| f16_to_f32(b.d)).collect(),
+            ActData::Q8_1(b) => b.iter().map(|b| f16_to_f32(b.d)).collect(),
+            ActData::Q8K(_) => Vec::new(),
+        };
+        Self { m, k, data, d32 }
     }
 
     pub fn act_type(&self) -> ActType {
@@ -235,6 +248,18 @@ impl OutPtr {
 /// of the chunk.
 pub(crate) type ChunkFn<'a, W, A> = &'a (dyn Fn(&[W], &[A], usize, usize, OutPtr) + Sync);
 
+/// Threads for the kernels: candle's own barrier pool (the calling thread plus its workers), so
+/// quantized matmuls and candle's other CPU ops share one set of threads instead of two pools
+/// competing for the cores.
+pub(crate) fn num_threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
+/// Runs `f(i)` for `i` in `0..n` on the pool, in dynamically claimed batches.
+pub(crate) fn par_for(n: usize, f: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+}
+
 /// Runs `kernel` over chunks of weight rows in parallel.
 pub(crate) fn run_chunks<W: Sync, A: Sync>(
     w: &[W],
@@ -252,18 +277,19 @@ pub(crate) fn run_chunks<W: Sync, A: Sync>(
         ptr: out.as_mut_ptr(),
         ld: n,
     };
-    let threads = rayon::current_num_threads();
+    let threads = num_threads();
     let work = m * n * nb;
-    if threads <= 1 || work < 1 << 14 || n <= 8 {
+    if threads <= 1 || work < 1 << 12 || n <= 8 {
         kernel(w, a, nb, m, o);
         return;
     }
-    // Chunks of a multiple of 8 rows, about four per thread, but at most 64 rows when decoding
-    // many outputs (finer grain balances better) and at least 16 for prompts (weight reuse).
-    let per = n.div_ceil(threads * 4).next_multiple_of(8).clamp(8, 256);
-    let per = if m == 1 { per.min(64) } else { per.max(16) };
+    // Chunks of a multiple of 8 rows, several per thread so that a thread slowed down by
+    // anything else on the machine does not hold the others up; at least 16 rows for prompts
+    // (weight reuse).
+    let per = n.div_ceil(threads * 8).next_multiple_of(8).clamp(8, 256);
+    let per = if m == 1 { per } else { per.max(16) };
     let chunks = n.div_ceil(per);
-    (0..chunks).into_par_iter().for_each(|c| {
+    par_for(chunks, |c| {
         let j0 = c * per;
         let j1 = (j0 + per).min(n);
         kernel(&w[j0 * nb..j1 * nb], a, nb, m, o.offset_cols(j0));

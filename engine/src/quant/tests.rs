@@ -118,17 +118,19 @@ proptest! {
     fn q8_0_matches_ggml(seed: u64, ties: bool) {
         let mut rng = StdRng::seed_from_u64(seed);
         let x = if ties { tie_heavy(&mut rng, 32 * 8) } else { random_x(&mut rng, 32 * 8) };
-        let ours = act::quantize_q8_0(&x);
+        for isa in Isa::available() {
+        let ours = act::quantize_q8_0(&x, isa);
         for (b, xs) in ours.iter().zip(x.chunks(32)) {
             prop_assert_eq!(*b, ggml_q8_0(xs));
         }
-        let ours1 = act::quantize_q8_1(&x);
+        let ours1 = act::quantize_q8_1(&x, isa);
         for ((b1, b0), xs) in ours1.iter().zip(&ours).zip(x.chunks(32)) {
             prop_assert_eq!(b1.qs, b0.qs);
             prop_assert_eq!(b1.d, b0.d);
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let sum: i32 = b0.qs.iter().map(|&q| q as i32).sum();
             prop_assert_eq!(b1.s, f32_to_f16(amax / 127.0 * sum as f32));
+        }
         }
     }
 
@@ -137,7 +139,8 @@ proptest! {
         let mut rng = StdRng::seed_from_u64(seed);
         let k = 256 * 2;
         let x = if ties { tie_heavy(&mut rng, m * k) } else { random_x(&mut rng, m * k) };
-        let acts = act::quantize_q8k(&x, m);
+        for isa in Isa::available() {
+        let acts = act::quantize_q8k(&x, m, isa);
         for (b, xs) in acts.rows.iter().zip(x.chunks(256)) {
             prop_assert_eq!(*b, ggml_q8k_ref(xs));
         }
@@ -165,6 +168,7 @@ proptest! {
                 ggml_q8k_ref(xs)
             };
             prop_assert_eq!(*b, want);
+        }
         }
     }
 }

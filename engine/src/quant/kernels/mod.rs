@@ -7,6 +7,16 @@ use super::{
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// Sum of eight i32 lanes.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum_i32_256(a: std::arch::x86_64::__m256i) -> i32 {
+    x86::hsum_i32(a)
+}
+
 /// A chunk kernel from a scalar dot product.
 fn scalar<W, A>(dot: fn(&[W], &[A]) -> f32) -> impl Fn(&[W], &[A], usize, usize, OutPtr) + Sync {
     move |w: &[W], a: &[A], nb: usize, m: usize, o: OutPtr| {
