@@ -32,6 +32,8 @@ fn main() {
         (GgmlDType::Q8_0, 896, 896),
         (GgmlDType::Q4K, 896, 4864),
         (GgmlDType::Q6K, 896, 4864),
+        // The output head: larger than any cache, so this one measures memory bandwidth.
+        (GgmlDType::Q8_0, 151936, 896),
     ];
     for (dtype, n, k) in shapes {
         if let Some(f) = &filter {
@@ -42,6 +44,9 @@ fn main() {
         let w = QuantMatMul::from_arc(weights(dtype, n, k)).unwrap();
         let ty = w.weight_type().unwrap();
         for m in [1usize, 128] {
+            if n > 100_000 && m > 1 {
+                continue;
+            }
             let x: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let acts = Activations::quantize(&x, m, k, ty.act_type());
             let mut out = vec![0f32; m * n];
@@ -49,17 +54,25 @@ fn main() {
                 if isa == Isa::Scalar && m > 1 {
                     continue;
                 }
-                let reps = if m == 1 { 200 } else { 4 };
+                let reps = if n > 100_000 {
+                    10
+                } else if m == 1 {
+                    200
+                } else {
+                    4
+                };
                 w.matmul_into(&acts, &mut out, isa).unwrap();
                 let t = Instant::now();
                 for _ in 0..reps {
                     w.matmul_into(&acts, &mut out, isa).unwrap();
                 }
                 let s = t.elapsed().as_secs_f64() / reps as f64;
+                let bytes = w.weight_bytes() as f64;
                 println!(
-                    "{dtype:?} n={n} k={k} m={m:3} {isa:?}: {:8.1} us  {:6.1} GMAC/s",
+                    "{dtype:?} n={n} k={k} m={m:3} {isa:?}: {:8.1} us  {:6.1} GMAC/s  {:5.1} GB/s of weights",
                     s * 1e6,
-                    (m * n * k) as f64 / s / 1e9
+                    (m * n * k) as f64 / s / 1e9,
+                    bytes / s / 1e9
                 );
             }
         }

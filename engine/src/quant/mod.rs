@@ -12,7 +12,9 @@
 pub mod act;
 pub mod blocks;
 mod kernels;
+mod pool;
 pub mod reference;
+mod storage;
 
 use std::sync::{Arc, OnceLock};
 
@@ -236,6 +238,14 @@ impl OutPtr {
     }
 
     #[inline(always)]
+    pub fn offset_rows(self, i: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(i * self.ld),
+            ld: self.ld,
+        }
+    }
+
+    #[inline(always)]
     pub fn offset_cols(self, j: usize) -> Self {
         Self {
             ptr: self.ptr.wrapping_add(j),
@@ -248,16 +258,14 @@ impl OutPtr {
 /// of the chunk.
 pub(crate) type ChunkFn<'a, W, A> = &'a (dyn Fn(&[W], &[A], usize, usize, OutPtr) + Sync);
 
-/// Threads for the kernels: candle's own barrier pool (the calling thread plus its workers), so
-/// quantized matmuls and candle's other CPU ops share one set of threads instead of two pools
-/// competing for the cores.
+/// Threads that run the kernels (see [`pool`]).
 pub(crate) fn num_threads() -> usize {
-    candle_core::utils::barrier_pool().n_workers() + 1
+    pool::pool().threads()
 }
 
-/// Runs `f(i)` for `i` in `0..n` on the pool, in dynamically claimed batches.
+/// Runs `f(i)` for `i` in `0..n` on the kernels' threads.
 pub(crate) fn par_for(n: usize, f: impl Fn(usize) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+    pool::pool().run(n, &f);
 }
 
 /// Runs `kernel` over chunks of weight rows in parallel.
@@ -283,11 +291,9 @@ pub(crate) fn run_chunks<W: Sync, A: Sync>(
         kernel(w, a, nb, m, o);
         return;
     }
-    // Chunks of a multiple of 8 rows, several per thread so that a thread slowed down by
-    // anything else on the machine does not hold the others up; at least 16 rows for prompts
-    // (weight reuse).
-    let per = n.div_ceil(threads * 8).next_multiple_of(8).clamp(8, 256);
-    let per = if m == 1 { per } else { per.max(16) };
+    // Chunks of a multiple of 8 rows (at least 16, the widest kernel tile), several per thread
+    // so that a thread slowed down by anything else on the machine does not hold the others up.
+    let per = n.div_ceil(threads * 8).next_multiple_of(8).clamp(16, 256);
     let chunks = n.div_ceil(per);
     par_for(chunks, |c| {
         let j0 = c * per;
@@ -296,45 +302,65 @@ pub(crate) fn run_chunks<W: Sync, A: Sync>(
     });
 }
 
+/// Where the weight blocks are.
+#[derive(Clone)]
+enum Weights {
+    /// In the QTensor, which something else holds too (a tied embedding table).
+    Shared(Arc<QTensor>),
+    /// A private copy on huge pages (see [`storage`]).
+    Owned(Arc<storage::HugeBuf>),
+}
+
 /// A quantized weight matrix `[n, k]` usable as the right-hand side of `x · W^T`.
 #[derive(Clone)]
 pub struct QuantMatMul {
-    qt: Option<Arc<QTensor>>,
-    ty: Option<WeightType>,
-    fallback: QMatMul,
+    /// Weights with a kernel here, and their type; None for the others.
+    quant: Option<(Weights, WeightType, GgmlDType)>,
+    /// candle's matmul: for dense and unsupported weights (built at once) and for inputs the
+    /// kernels do not take (built on first use from the blocks).
+    fallback: OnceLock<QMatMul>,
     n: usize,
     k: usize,
 }
 
 impl std::fmt::Debug for QuantMatMul {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "QuantMatMul[{}x{} {:?}]",
-            self.n,
-            self.k,
-            self.ty.map_or("fallback", |_| "quant")
-        )?;
-        if let Some(ty) = self.ty {
-            write!(f, " {ty:?}")?;
+        match &self.quant {
+            Some((_, ty, _)) => write!(f, "QuantMatMul[{}x{} {ty:?}]", self.n, self.k),
+            None => write!(f, "QuantMatMul[{}x{} candle]", self.n, self.k),
         }
-        Ok(())
     }
 }
 
 impl QuantMatMul {
+    /// Takes the weight; when nothing else holds `qt`, its blocks are moved to huge pages and the
+    /// QTensor is released.
     pub fn from_arc(qt: Arc<QTensor>) -> Result<Self> {
-        let fallback = QMatMul::from_arc(qt.clone())?;
         let (n, k) = qt.shape().dims2()?;
-        let ty = WeightType::from_ggml(qt.dtype()).filter(|t| {
+        let dtype = qt.dtype();
+        let ty = WeightType::from_ggml(dtype).filter(|t| {
             matches!(qt.device(), Device::Cpu)
-                && matches!(fallback, QMatMul::QTensor(_))
                 && k % t.block_len() == 0
                 && qt.data().is_ok_and(|d| weight_view_ok(*t, &d))
         });
+        let dequantize_all = std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty());
+        let fallback = OnceLock::new();
+        let quant = match ty {
+            Some(ty) if !dequantize_all => {
+                let weights = if Arc::strong_count(&qt) == 1 {
+                    Weights::Owned(Arc::new(storage::HugeBuf::copy_of(&qt.data()?)))
+                } else {
+                    Weights::Shared(qt)
+                };
+                Some((weights, ty, dtype))
+            }
+            _ => {
+                let _ = fallback.set(QMatMul::from_arc(qt)?);
+                None
+            }
+        };
         Ok(Self {
-            qt: Some(qt),
-            ty,
+            quant,
             fallback,
             n,
             k,
@@ -346,10 +372,11 @@ impl QuantMatMul {
             QMatMul::QTensor(qt) => Self::from_arc(qt),
             QMatMul::Tensor(ref t) | QMatMul::TensorF16(ref t) => {
                 let (n, k) = t.dims2()?;
+                let fallback = OnceLock::new();
+                let _ = fallback.set(m);
                 Ok(Self {
-                    qt: None,
-                    ty: None,
-                    fallback: m,
+                    quant: None,
+                    fallback,
                     n,
                     k,
                 })
@@ -357,8 +384,47 @@ impl QuantMatMul {
         }
     }
 
+    fn bytes(&self) -> Option<&[u8]> {
+        match &self.quant {
+            Some((Weights::Owned(b), ..)) => Some(b.as_slice()),
+            // `QTensor::data` borrows the CPU storage in place.
+            Some((Weights::Shared(qt), ..)) => match qt.data().ok()? {
+                std::borrow::Cow::Borrowed(b) => Some(b),
+                std::borrow::Cow::Owned(_) => None,
+            },
+            None => None,
+        }
+    }
+
+    fn fallback(&self) -> Result<&QMatMul> {
+        if let Some(f) = self.fallback.get() {
+            return Ok(f);
+        }
+        let Some((weights, _, dtype)) = &self.quant else {
+            candle_core::bail!("no weights")
+        };
+        let qt = match weights {
+            Weights::Shared(qt) => qt.clone(),
+            Weights::Owned(b) => {
+                let storage = candle_core::quantized::QStorage::from_data(
+                    std::borrow::Cow::Borrowed(b.as_slice()),
+                    &Device::Cpu,
+                    *dtype,
+                )?;
+                Arc::new(QTensor::new(storage, (self.n, self.k))?)
+            }
+        };
+        let _ = self.fallback.set(QMatMul::from_arc(qt)?);
+        Ok(self.fallback.get().expect("just set"))
+    }
+
     pub fn weight_type(&self) -> Option<WeightType> {
-        self.ty
+        self.quant.as_ref().map(|q| q.1)
+    }
+
+    /// Size of the quantized weight data (0 for weights candle handles).
+    pub fn weight_bytes(&self) -> usize {
+        self.bytes().map_or(0, |b| b.len())
     }
 
     /// Rows (output features) and columns (input features).
@@ -389,7 +455,9 @@ impl QuantMatMul {
             let isa = Isa::current();
             for ty in [ActType::Q8_0, ActType::Q8_1, ActType::Q8K] {
                 let members: Vec<usize> = (0..ws.len())
-                    .filter(|&i| ws[i].ty.is_some_and(|t| t.act_type() == ty) && ws[i].k == k)
+                    .filter(|&i| {
+                        ws[i].weight_type().is_some_and(|t| t.act_type() == ty) && ws[i].k == k
+                    })
                     .collect();
                 if members.is_empty() || m == 0 {
                     continue;
@@ -409,22 +477,21 @@ impl QuantMatMul {
             .enumerate()
             .map(|(i, o)| match o {
                 Some(t) => Ok(t),
-                None => ws[i].fallback.forward(x),
+                None => ws[i].fallback()?.forward(x),
             })
             .collect()
     }
 
     /// `out[m, n] = acts · W^T` with the kernels of `isa` (limited to what the CPU has).
     pub fn matmul_into(&self, acts: &Activations, out: &mut [f32], isa: Isa) -> Result<()> {
-        let (Some(ty), Some(qt)) = (self.ty, &self.qt) else {
+        let (Some(ty), Some(bytes)) = (self.weight_type(), self.bytes()) else {
             candle_core::bail!("no quantized kernel for this weight")
         };
         if acts.k != self.k || acts.act_type() != ty.act_type() {
             candle_core::bail!("activations do not fit weight {self:?}")
         }
         let isa = Isa::best_up_to(isa);
-        let data = qt.data()?;
-        kernels::matmul(ty, &data, self.n, self.k, acts, out, isa);
+        kernels::matmul(ty, bytes, self.n, self.k, acts, out, isa);
         Ok(())
     }
 }

@@ -365,6 +365,8 @@ fn check_kernels(
     let k = j * ty.block_len();
     let bytes = random_weights(&mut rng, ty, n, k);
     let qt = qtensor(ty, &bytes, n, k);
+    let w = qt.dequantize(&Device::Cpu).unwrap();
+    // Nothing else holds the QTensor: the weights move to a private (huge page) copy.
     let mm = QuantMatMul::from_arc(std::sync::Arc::new(qt)).unwrap();
     prop_assert_eq!(mm.weight_type(), Some(ty));
     let x = random_x(&mut rng, m * k);
@@ -374,7 +376,6 @@ fn check_kernels(
     mm.matmul_into(&acts, &mut want, Isa::Scalar).unwrap();
 
     // The reference against float math on dequantized values.
-    let w = mm.qt.as_ref().unwrap().dequantize(&Device::Cpu).unwrap();
     let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
     let xa = dequant_acts(&acts);
     for i in 0..m {

@@ -103,6 +103,19 @@ pub(crate) unsafe fn hsum_i32(a: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// Prefetches the `b`-th of `nb` slices of `step` bytes starting at `next`: spread over a
+/// tile's block loop, this fetches the next tile's weights (which follow the current tile's in
+/// memory) as one sequential stream. Decoding is bound by memory bandwidth, and a tile's rows
+/// are too short for the hardware prefetchers to pick up on their own.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_slice(next: *const i8, b: usize, step: usize) {
+    let mut o = b * step;
+    while o < (b + 1) * step {
+        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(o));
+        o += 64;
+    }
+}
+
 #[inline(always)]
 unsafe fn load256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
@@ -215,7 +228,6 @@ impl W32 for BlockQ5_1 {
 /// Q8_0 and Q8_1 activation blocks.
 pub(crate) trait A32: Pod + Sync {
     fn qs(&self) -> &[i8; 32];
-    fn d_bits(&self) -> u16;
     fn s_bits(&self) -> u16 {
         0
     }
@@ -225,17 +237,11 @@ impl A32 for BlockQ8_0 {
     fn qs(&self) -> &[i8; 32] {
         &self.qs
     }
-    fn d_bits(&self) -> u16 {
-        self.d
-    }
 }
 impl A32 for BlockQ8_1 {
     #[inline(always)]
     fn qs(&self) -> &[i8; 32] {
         &self.qs
-    }
-    fn d_bits(&self) -> u16 {
-        self.d
     }
     fn s_bits(&self) -> u16 {
         self.s
@@ -285,12 +291,17 @@ unsafe fn tile_w32<
     const PER_BLOCK: bool,
 >(
     w: &[W],
-    a: &[A],
+    (a, ad): (&[A], &[f32]),
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
     let mut accs = [[0f32; RA]; RW];
+    let step = RW * std::mem::size_of::<W>();
+    let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
+        if RA == 1 {
+            prefetch_slice(next, b, step);
+        }
         let mut wu = [_mm256_setzero_si256(); RW];
         let mut dw = [_mm256_setzero_ps(); RW];
         let mut mw = [0f32; RW];
@@ -305,7 +316,7 @@ unsafe fn tile_w32<
         for i in 0..RA {
             let ab = a.get_unchecked(i * nb + b);
             let av = load256(ab.qs().as_ptr() as *const u8);
-            let da = _mm256_set1_ps(f16x1(ab.d_bits()));
+            let da = _mm256_set1_ps(*ad.get_unchecked(i * nb + b));
             let nc = negcorr::<W, D>(av);
             let sa = if W::HAS_MIN { f16x1(ab.s_bits()) } else { 0.0 };
             for r in 0..RW {
@@ -338,6 +349,23 @@ unsafe fn tile_w32<
     out
 }
 
+/// Activation rows as the tiles take them, which can be advanced by whole blocks.
+pub(crate) trait Skip: Copy {
+    fn skip(self, blocks: usize) -> Self;
+}
+impl<T> Skip for &[T] {
+    #[inline(always)]
+    fn skip(self, blocks: usize) -> Self {
+        &self[blocks..]
+    }
+}
+impl<T> Skip for (&[T], &[f32]) {
+    #[inline(always)]
+    fn skip(self, blocks: usize) -> Self {
+        (&self.0[blocks..], &self.1[blocks..])
+    }
+}
+
 /// Sweeps a chunk with tiles of `RW x RA`, then the leftover rows with smaller tiles.
 macro_rules! sweep {
     ($tile:ident, [$($g:ty),*], $rw:literal, $ra:literal, $w:expr, $a:expr, $nb:expr, $m:expr, $o:expr) => {{
@@ -354,7 +382,7 @@ macro_rules! sweep {
         let mut i = 0;
         while i < m {
             let ra = if m - i >= $ra { $ra } else { 1 };
-            let ab = &a[i * nb..];
+            let ab = a.skip(i * nb);
             let mut j = 0;
             while j < rows {
                 let wb = &w[j * nb..];
@@ -388,7 +416,7 @@ macro_rules! sweep {
 #[inline(always)]
 unsafe fn tile_w32_lanes<W: W32, A: A32, D: Dot, const RW: usize, const RA: usize>(
     w: &[W],
-    a: &[A],
+    a: (&[A], &[f32]),
     nb: usize,
 ) -> [[f32; RA]; RW] {
     tile_w32::<W, A, D, RW, RA, false>(w, a, nb)
@@ -397,7 +425,7 @@ unsafe fn tile_w32_lanes<W: W32, A: A32, D: Dot, const RW: usize, const RA: usiz
 #[inline(always)]
 unsafe fn tile_w32_block<W: W32, A: A32, D: Dot, const RW: usize, const RA: usize>(
     w: &[W],
-    a: &[A],
+    a: (&[A], &[f32]),
     nb: usize,
 ) -> [[f32; RA]; RW] {
     tile_w32::<W, A, D, RW, RA, true>(w, a, nb)
@@ -407,7 +435,7 @@ unsafe fn tile_w32_block<W: W32, A: A32, D: Dot, const RW: usize, const RA: usiz
 unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
     per_block: bool,
     w: &[W],
-    a: &[A],
+    a: (&[A], &[f32]),
     nb: usize,
     m: usize,
     o: OutPtr,
@@ -530,7 +558,12 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
 ) -> [[f32; RA]; RW] {
     let mut acc = [[0f32; RA]; RW];
     let mut accm = [[0f32; RA]; RW];
+    let step = RW * std::mem::size_of::<BlockQ4K>();
+    let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
+        if RA == 1 {
+            prefetch_slice(next, b, step);
+        }
         let wb: [&BlockQ4K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
         let mut sc = [[0u8; 8]; RW];
@@ -575,7 +608,12 @@ unsafe fn tile_q5k<D: Dot, const RW: usize, const RA: usize>(
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
     let mut summs = [[0f32; RA]; RW];
+    let step = RW * std::mem::size_of::<BlockQ5K>();
+    let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
+        if RA == 1 {
+            prefetch_slice(next, b, step);
+        }
         let wb: [&BlockQ5K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
         let mut sc = [[0u8; 8]; RW];
@@ -629,7 +667,12 @@ unsafe fn tile_q6k<D: Dot, const RW: usize, const RA: usize>(
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
+    let step = RW * std::mem::size_of::<BlockQ6K>();
+    let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
+        if RA == 1 {
+            prefetch_slice(next, b, step);
+        }
         let wb: [&BlockQ6K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
         // The -32 offset, through the 16-sums: lane l gets 32 * (bs[2l] sc[2l] + bs[2l+1] sc[2l+1]).
@@ -697,13 +740,13 @@ unsafe fn chunk_q6k<D: Dot>(w: &[BlockQ6K], a: &[BlockQ8K], nb: usize, m: usize,
 
 macro_rules! entries {
     ($name:ident, $d:ty, $features:literal) => {
-        mod $name {
+        pub(crate) mod $name {
             use super::*;
             #[target_feature(enable = $features)]
             pub unsafe fn w32<W: W32, A: A32>(
                 per_block: bool,
                 w: &[W],
-                a: &[A],
+                a: (&[A], &[f32]),
                 nb: usize,
                 m: usize,
                 o: OutPtr,
@@ -745,6 +788,7 @@ fn w32<W: W32, A: A32>(
     n: usize,
     nb: usize,
     a: &[A],
+    ad: &[f32],
     m: usize,
     out: &mut [f32],
 ) {
@@ -752,13 +796,13 @@ fn w32<W: W32, A: A32>(
     // SAFETY (all arms): `isa` was checked against the CPU by the caller.
     match isa {
         Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_evex::w32(per_block, w, a, nb, m, o)
+            e_evex::w32(per_block, w, (a, ad), nb, m, o)
         }),
         Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_vnni::w32(per_block, w, a, nb, m, o)
+            e_vnni::w32(per_block, w, (a, ad), nb, m, o)
         }),
         _ => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_avx2::w32(per_block, w, a, nb, m, o)
+            e_avx2::w32(per_block, w, (a, ad), nb, m, o)
         }),
     }
 }
@@ -793,25 +837,25 @@ pub(crate) fn matmul(
     isa: Isa,
 ) -> bool {
     debug_assert!(isa >= Isa::Avx2 && isa.supported());
-    let m = acts.m;
+    let (m, ad) = (acts.m, &acts.d32[..]);
     if isa == Isa::Avx512 && avx512::matmul(ty, repacked, bytes, n, nb, acts, out) {
         return true;
     }
     match (ty, &acts.data) {
         (WeightType::Q4_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ4_0, _>(isa, repacked, bytes, n, nb, a, m, out)
+            w32::<BlockQ4_0, _>(isa, repacked, bytes, n, nb, a, ad, m, out)
         }
         (WeightType::Q5_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ5_0, _>(isa, false, bytes, n, nb, a, m, out)
+            w32::<BlockQ5_0, _>(isa, false, bytes, n, nb, a, ad, m, out)
         }
         (WeightType::Q8_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ8_0, _>(isa, false, bytes, n, nb, a, m, out)
+            w32::<BlockQ8_0, _>(isa, false, bytes, n, nb, a, ad, m, out)
         }
         (WeightType::Q4_1, ActData::Q8_1(a)) => {
-            w32::<BlockQ4_1, _>(isa, false, bytes, n, nb, a, m, out)
+            w32::<BlockQ4_1, _>(isa, false, bytes, n, nb, a, ad, m, out)
         }
         (WeightType::Q5_1, ActData::Q8_1(a)) => {
-            w32::<BlockQ5_1, _>(isa, false, bytes, n, nb, a, m, out)
+            w32::<BlockQ5_1, _>(isa, false, bytes, n, nb, a, ad, m, out)
         }
         (WeightType::Q4K, ActData::Q8K(a)) if repacked => {
             kq!(q4k, BlockQ4K, isa, bytes, n, nb, a.for_repacked(), m, out)
