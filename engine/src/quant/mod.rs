@@ -177,6 +177,9 @@ pub struct Activations {
     pub data: ActData,
     /// The scale of every Q8_0 / Q8_1 block as f32 (empty for Q8_K, whose scale is f32).
     pub d32: Vec<f32>,
+    /// For Q8_0 blocks: minus the sum of each 4 consecutive quants (the offset correction of
+    /// kernels that see weights as unsigned bytes).
+    pub neg_sums: Vec<[i32; 8]>,
 }
 
 pub enum ActData {
@@ -206,7 +209,27 @@ impl Activations {
             ActData::Q8_1(b) => b.iter().map(|b| f16_to_f32(b.d)).collect(),
             ActData::Q8K(_) => Vec::new(),
         };
-        Self { m, k, data, d32 }
+        let neg_sums = match &data {
+            ActData::Q8_0(b) => b
+                .iter()
+                .map(|b| {
+                    std::array::from_fn(|l| {
+                        -b.qs[4 * l..4 * l + 4]
+                            .iter()
+                            .map(|&q| q as i32)
+                            .sum::<i32>()
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            m,
+            k,
+            data,
+            d32,
+            neg_sums,
+        }
     }
 
     pub fn act_type(&self) -> ActType {

@@ -265,18 +265,15 @@ unsafe fn lanes_w32<W: W32, D: Dot>(wu: __m256i, av: __m256i, negcorr: __m256i) 
     }
 }
 
-/// `-(OFFSET * sum of each 4 activation values)`.
+/// `-(OFFSET * sum of each 4 activation values)`, from the precomputed negated sums.
 #[inline(always)]
-unsafe fn negcorr<W: W32, D: Dot>(av: __m256i) -> __m256i {
+unsafe fn negcorr<W: W32, D: Dot>(ns: *const [i32; 8]) -> __m256i {
     if W::OFFSET == 0 || (D::SATURATES && W::OFFSET >= 128) {
         _mm256_setzero_si256()
     } else {
-        let c = D::dpbusd(
-            _mm256_setzero_si256(),
-            _mm256_set1_epi8(W::OFFSET as i8),
-            av,
-        );
-        _mm256_sub_epi32(_mm256_setzero_si256(), c)
+        let s = _mm256_loadu_si256(ns as *const __m256i);
+        // OFFSET is 8, 16 or 128.
+        _mm256_sll_epi32(s, _mm_cvtsi32_si128(W::OFFSET.trailing_zeros() as i32))
     }
 }
 
@@ -291,9 +288,10 @@ unsafe fn tile_w32<
     const PER_BLOCK: bool,
 >(
     w: &[W],
-    (a, ad): (&[A], &[f32]),
+    rows: Rows<'_, A>,
     nb: usize,
 ) -> [[f32; RA]; RW] {
+    let (a, ad) = (rows.a, rows.d);
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
     let mut accs = [[0f32; RA]; RW];
     let step = RW * std::mem::size_of::<W>();
@@ -317,7 +315,7 @@ unsafe fn tile_w32<
             let ab = a.get_unchecked(i * nb + b);
             let av = load256(ab.qs().as_ptr() as *const u8);
             let da = _mm256_set1_ps(*ad.get_unchecked(i * nb + b));
-            let nc = negcorr::<W, D>(av);
+            let nc = negcorr::<W, D>(rows.ns.as_ptr().wrapping_add(i * nb + b));
             let sa = if W::HAS_MIN { f16x1(ab.s_bits()) } else { 0.0 };
             for r in 0..RW {
                 let isum = lanes_w32::<W, D>(wu[r], av, nc);
@@ -359,10 +357,26 @@ impl<T> Skip for &[T] {
         &self[blocks..]
     }
 }
-impl<T> Skip for (&[T], &[f32]) {
+/// Q8_0 / Q8_1 activation rows with their f32 scales and (Q8_0) negated 4-sums.
+pub(crate) struct Rows<'a, A> {
+    pub a: &'a [A],
+    pub d: &'a [f32],
+    pub ns: &'a [[i32; 8]],
+}
+impl<A> Clone for Rows<'_, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for Rows<'_, A> {}
+impl<A> Skip for Rows<'_, A> {
     #[inline(always)]
     fn skip(self, blocks: usize) -> Self {
-        (&self.0[blocks..], &self.1[blocks..])
+        Rows {
+            a: &self.a[blocks..],
+            d: &self.d[blocks..],
+            ns: self.ns.get(blocks..).unwrap_or(&[]),
+        }
     }
 }
 
@@ -416,7 +430,7 @@ macro_rules! sweep {
 #[inline(always)]
 unsafe fn tile_w32_lanes<W: W32, A: A32, D: Dot, const RW: usize, const RA: usize>(
     w: &[W],
-    a: (&[A], &[f32]),
+    a: Rows<'_, A>,
     nb: usize,
 ) -> [[f32; RA]; RW] {
     tile_w32::<W, A, D, RW, RA, false>(w, a, nb)
@@ -425,7 +439,7 @@ unsafe fn tile_w32_lanes<W: W32, A: A32, D: Dot, const RW: usize, const RA: usiz
 #[inline(always)]
 unsafe fn tile_w32_block<W: W32, A: A32, D: Dot, const RW: usize, const RA: usize>(
     w: &[W],
-    a: (&[A], &[f32]),
+    a: Rows<'_, A>,
     nb: usize,
 ) -> [[f32; RA]; RW] {
     tile_w32::<W, A, D, RW, RA, true>(w, a, nb)
@@ -435,7 +449,7 @@ unsafe fn tile_w32_block<W: W32, A: A32, D: Dot, const RW: usize, const RA: usiz
 unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
     per_block: bool,
     w: &[W],
-    a: (&[A], &[f32]),
+    a: Rows<'_, A>,
     nb: usize,
     m: usize,
     o: OutPtr,
@@ -445,7 +459,7 @@ unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
     } else if m == 1 {
         sweep!(tile_w32_lanes, [W, A, D], 4, 1, w, a, nb, m, o);
     } else {
-        sweep!(tile_w32_lanes, [W, A, D], 2, 4, w, a, nb, m, o);
+        sweep!(tile_w32_lanes, [W, A, D], 2, 6, w, a, nb, m, o);
     }
 }
 
@@ -746,7 +760,7 @@ macro_rules! entries {
             pub unsafe fn w32<W: W32, A: A32>(
                 per_block: bool,
                 w: &[W],
-                a: (&[A], &[f32]),
+                a: Rows<'_, A>,
                 nb: usize,
                 m: usize,
                 o: OutPtr,
@@ -789,6 +803,7 @@ fn w32<W: W32, A: A32>(
     nb: usize,
     a: &[A],
     ad: &[f32],
+    ns: &[[i32; 8]],
     m: usize,
     out: &mut [f32],
 ) {
@@ -796,13 +811,13 @@ fn w32<W: W32, A: A32>(
     // SAFETY (all arms): `isa` was checked against the CPU by the caller.
     match isa {
         Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_evex::w32(per_block, w, (a, ad), nb, m, o)
+            e_evex::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
         }),
         Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_vnni::w32(per_block, w, (a, ad), nb, m, o)
+            e_vnni::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
         }),
         _ => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_avx2::w32(per_block, w, (a, ad), nb, m, o)
+            e_avx2::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
         }),
     }
 }
@@ -837,25 +852,25 @@ pub(crate) fn matmul(
     isa: Isa,
 ) -> bool {
     debug_assert!(isa >= Isa::Avx2 && isa.supported());
-    let (m, ad) = (acts.m, &acts.d32[..]);
+    let (m, ad, ns) = (acts.m, &acts.d32[..], &acts.neg_sums[..]);
     if isa == Isa::Avx512 && avx512::matmul(ty, repacked, bytes, n, nb, acts, out) {
         return true;
     }
     match (ty, &acts.data) {
         (WeightType::Q4_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ4_0, _>(isa, repacked, bytes, n, nb, a, ad, m, out)
+            w32::<BlockQ4_0, _>(isa, repacked, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q5_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ5_0, _>(isa, false, bytes, n, nb, a, ad, m, out)
+            w32::<BlockQ5_0, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q8_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ8_0, _>(isa, false, bytes, n, nb, a, ad, m, out)
+            w32::<BlockQ8_0, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q4_1, ActData::Q8_1(a)) => {
-            w32::<BlockQ4_1, _>(isa, false, bytes, n, nb, a, ad, m, out)
+            w32::<BlockQ4_1, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q5_1, ActData::Q8_1(a)) => {
-            w32::<BlockQ5_1, _>(isa, false, bytes, n, nb, a, ad, m, out)
+            w32::<BlockQ5_1, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q4K, ActData::Q8K(a)) if repacked => {
             kq!(q4k, BlockQ4K, isa, bytes, n, nb, a.for_repacked(), m, out)

@@ -173,7 +173,15 @@ unsafe fn store<const RP: usize, const RA: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")]
-unsafe fn chunk<W: W32x2, A: A32>(w: &[W], a: &[A], ad: &[f32], nb: usize, m: usize, o: OutPtr) {
+unsafe fn chunk<W: W32x2, A: A32>(
+    w: &[W],
+    a: &[A],
+    ad: &[f32],
+    ns: &[[i32; 8]],
+    nb: usize,
+    m: usize,
+    o: OutPtr,
+) {
     const RP: usize = 4;
     const RA: usize = 3;
     let rows = w.len() / nb;
@@ -195,7 +203,14 @@ unsafe fn chunk<W: W32x2, A: A32>(w: &[W], a: &[A], ad: &[f32], nb: usize, m: us
         i += ra;
     }
     if full < rows {
-        chunk_w32::<W, A, VnniEvex>(false, &w[full * nb..], (a, ad), nb, m, o.offset_cols(full));
+        chunk_w32::<W, A, VnniEvex>(
+            false,
+            &w[full * nb..],
+            super::Rows { a, d: ad, ns },
+            nb,
+            m,
+            o.offset_cols(full),
+        );
     }
 }
 
@@ -208,14 +223,14 @@ fn run<W: W32x2, A: A32>(
     n: usize,
     nb: usize,
     a: &[A],
-    ad: &[f32],
+    (ad, ns): (&[f32], &[[i32; 8]]),
     m: usize,
     out: &mut [f32],
 ) {
     let w = cast::<W>(bytes);
     // SAFETY: the caller checked that the CPU has AVX-512 F/BW/VL/VNNI.
     run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-        chunk::<W, A>(w, a, ad, nb, m, o)
+        chunk::<W, A>(w, a, ad, ns, nb, m, o)
     });
 }
 
@@ -229,7 +244,7 @@ pub(crate) fn matmul(
     acts: &Activations,
     out: &mut [f32],
 ) -> bool {
-    let (m, ad) = (acts.m, &acts.d32[..]);
+    let (m, ad) = (acts.m, (&acts.d32[..], &acts.neg_sums[..]));
     match (ty, &acts.data) {
         (WeightType::Q4_0, ActData::Q8_0(a)) if !repacked => {
             run::<BlockQ4_0, _>(bytes, n, nb, a, ad, m, out)
