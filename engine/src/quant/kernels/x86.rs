@@ -459,7 +459,7 @@ unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
     } else if m == 1 {
         sweep!(tile_w32_lanes, [W, A, D], 4, 1, w, a, nb, m, o);
     } else {
-        sweep!(tile_w32_lanes, [W, A, D], 2, 6, w, a, nb, m, o);
+        sweep!(tile_w32_lanes, [W, A, D], 3, 6, w, a, nb, m, o);
     }
 }
 

@@ -183,7 +183,7 @@ unsafe fn chunk<W: W32x2, A: A32>(
     o: OutPtr,
 ) {
     const RP: usize = 4;
-    const RA: usize = 3;
+    const RA: usize = 4;
     let rows = w.len() / nb;
     let full = rows - rows % (2 * RP);
     let mut i = 0;
