@@ -7,11 +7,16 @@
 # ~/.cache/exo-p2p/llama.cpp. exo's figures come from `engine/examples/bench.rs`, once with the
 # best kernels the CPU has and once with EXO_NO_AVX512=1 (256-bit kernels only).
 #
-# Environment: THREADS (default 2), REPS (default 3), PP (128), TG (64), EXO_TEST_MODELS.
+# Every figure is the best of ROUNDS rounds, each of REPS repetitions (llama-bench's average,
+# exo's best), with the contenders interleaved, so that a burst of other work on the machine
+# does not decide a ratio.
+#
+# Environment: THREADS (default 2), REPS (3), ROUNDS (2), PP (128), TG (64), EXO_TEST_MODELS.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 threads=${THREADS:-2}
 reps=${REPS:-3}
+rounds=${ROUNDS:-2}
 pp=${PP:-128}
 tg=${TG:-64}
 models_dir=${EXO_TEST_MODELS:-$HOME/.cache/exo-p2p/test-models}
@@ -42,10 +47,11 @@ echo "building exo's bench example..." >&2
 exo_bin="$root/target/release/examples/bench"
 
 out=$work/results.jsonl
+for round in $(seq 1 "$rounds"); do
 for m in gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
   path="$models_dir/$m"
   [ -f "$path" ] || { echo "missing $path: run scripts/fetch-test-models.sh" >&2; exit 1; }
-  echo "measuring $m..." >&2
+  echo "round $round: measuring $m..." >&2
   "$bench_bin" -m "$path" -p "$pp" -n "$tg" -t "$threads" -r "$reps" -o json 2>/dev/null \
     | "$py" -c '
 import json, sys
@@ -65,14 +71,15 @@ for t in ("pp", "tg"):
   done
   unset EXO_NO_AVX512
 done
+done
 
-"$py" - "$out" "$pp" "$tg" "$threads" <<'EOF'
+"$py" - "$out" "$pp" "$tg" "$threads" "$rounds" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 pp, tg, threads = sys.argv[2], sys.argv[3], sys.argv[4]
-get = lambda who, m, t: next(r["tok_s"] for r in rows if r["who"] == who and r["model"] == m and r["test"] == t)
+get = lambda who, m, t: max(r["tok_s"] for r in rows if r["who"] == who and r["model"] == m and r["test"] == t)
 models = sorted({r["model"] for r in rows})
-print(f"tokens/s, {threads} threads; ratio = exo / llama.cpp")
+print(f"tokens/s, {threads} threads, best of {sys.argv[5]} rounds; ratio = exo / llama.cpp")
 print(f"{'model':42} {'test':6} {'llama.cpp':>10} {'exo':>9} {'ratio':>6} {'exo no-avx512':>14} {'ratio':>6}")
 for m in models:
     for t, n in (("pp", pp), ("tg", tg)):

@@ -94,6 +94,23 @@ pub(crate) unsafe fn hsum8(x: __m256) -> f32 {
     _mm_cvtss_f32(r)
 }
 
+/// Sums of each of 8 vectors: lane `p` of the result is the sum of the lanes of `v[p]`.
+#[inline(always)]
+pub(crate) unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let w = [
+        _mm256_hadd_epi32(v[0], v[1]),
+        _mm256_hadd_epi32(v[2], v[3]),
+        _mm256_hadd_epi32(v[4], v[5]),
+        _mm256_hadd_epi32(v[6], v[7]),
+    ];
+    let x0 = _mm256_hadd_epi32(w[0], w[1]);
+    let x1 = _mm256_hadd_epi32(w[2], w[3]);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256(x0, x1, 0x20),
+        _mm256_permute2x128_si256(x0, x1, 0x31),
+    )
+}
+
 /// Sum of 8 i32 lanes.
 #[inline(always)]
 pub(crate) unsafe fn hsum_i32(a: __m256i) -> i32 {
@@ -572,6 +589,8 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
 ) -> [[f32; RA]; RW] {
     let mut acc = [[0f32; RA]; RW];
     let mut accm = [[0f32; RA]; RW];
+    let mut acc8 = _mm256_setzero_ps();
+    let mut accm8 = _mm256_setzero_ps();
     let step = RW * std::mem::size_of::<BlockQ4K>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
@@ -593,6 +612,35 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
             ab,
             [[_mm256_setzero_si256(); RA]; RW],
         );
+        if RW * RA == 8 {
+            // Eight pairs: reduce their sums into one vector and do the float steps on 8 lanes
+            // (lane r * RA + i); each lane computes exactly the scalar operations.
+            let mut iv = [_mm256_setzero_si256(); 8];
+            let mut mv = [_mm256_setzero_si256(); 8];
+            let mut dd = [0f32; 8];
+            let mut dm = [0f32; 8];
+            let mut da = [0f32; 8];
+            for r in 0..RW {
+                let d = f16x1(wb[r].d);
+                let dmin = f16x1(wb[r].dmin);
+                for i in 0..RA {
+                    let p = r * RA + i;
+                    iv[p] = is[r][i];
+                    mv[p] = _mm256_madd_epi16(bsums16(ab[i]), mins[r]);
+                    dd[p] = d;
+                    dm[p] = dmin;
+                    da[p] = ab[i].d;
+                }
+            }
+            let isum = _mm256_cvtepi32_ps(reduce8(&iv));
+            let msum = _mm256_cvtepi32_ps(reduce8(&mv));
+            let da = _mm256_loadu_ps(da.as_ptr());
+            let d = _mm256_mul_ps(_mm256_loadu_ps(dd.as_ptr()), da);
+            let dmin = _mm256_mul_ps(_mm256_loadu_ps(dm.as_ptr()), da);
+            acc8 = _mm256_fmadd_ps(isum, d, acc8);
+            accm8 = _mm256_fmadd_ps(msum, dmin, accm8);
+            continue;
+        }
         for r in 0..RW {
             let d = f16x1(wb[r].d);
             let dmin = f16x1(wb[r].dmin);
@@ -603,6 +651,17 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
                 accm[r][i] = msum.mul_add(dmin * ab[i].d, accm[r][i]);
             }
         }
+    }
+    if RW * RA == 8 {
+        let mut v = [0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), _mm256_sub_ps(acc8, accm8));
+        let mut out = [[0f32; RA]; RW];
+        for r in 0..RW {
+            for i in 0..RA {
+                out[r][i] = v[r * RA + i];
+            }
+        }
+        return out;
     }
     let mut out = [[0f32; RA]; RW];
     for r in 0..RW {
