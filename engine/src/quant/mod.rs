@@ -1,13 +1,19 @@
 //! Quantized matrix multiplication `y[m, n] = x[m, k] · W[n, k]^T` over GGUF weight blocks, with
 //! ggml's (llama.cpp's) x86 CPU numerics: activations are quantized exactly like ggml does
 //! (once per matmul, see [`act`]), integer block sums are exact, and the float accumulation
-//! follows ggml's kernels (see [`reference`]), so results match llama.cpp bit for bit where its
+//! follows ggml's kernels (see [`mod@reference`]), so results match llama.cpp bit for bit where its
 //! kernels are the ones described there.
 //!
-//! Kernels: a scalar one per weight type (the reference), AVX2 (with VNNI `vpdpbusd` when the
-//! CPU has AVX-VNNI or AVX-512 VNNI) and AVX-512, chosen at run time. `EXO_NO_AVX512=1` keeps
-//! to 256-bit code; `EXO_QUANT_ISA=scalar|avx2|avxvnni|avx512` forces a level (capped at what the
-//! CPU has). Weight types without a kernel here fall back to candle's `QMatMul`.
+//! Kernels: a scalar one per weight type (the reference), AVX2 (`maddubs`), AVX-VNNI (256-bit
+//! `vpdpbusd`) and AVX-512 (F/BW/VL/VNNI), chosen at run time; every level gives the same bits.
+//! `EXO_NO_AVX512=1` keeps to 256-bit code; `EXO_QUANT_ISA=scalar|avx2|avxvnni|avx512` caps the
+//! level (at what the CPU has). Weight types without a kernel here fall back to candle's
+//! `QMatMul`.
+//!
+//! Work is split into chunks of weight rows run on a small pool (`pool.rs`) where the calling
+//! thread takes part; inside a chunk, tiles of several weight rows by several activation rows
+//! reuse each decoded weight block (prompts) or prefetch the next tile's weights (decoding).
+//! Weights nothing else holds are kept on huge pages (`storage.rs`).
 
 pub mod act;
 pub mod blocks;

@@ -16,8 +16,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long an idle worker keeps looking for work before it sleeps.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long an idle worker keeps looking for work before it sleeps (`EXO_QUANT_SPIN_US`,
+/// default 50 µs: decoding issues a matmul every few tens of microseconds, and a longer spin
+/// takes the core from candle's own threads between matmuls).
+fn spin_time() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("EXO_QUANT_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        Duration::from_micros(us)
+    })
+}
 
 #[derive(Clone, Copy)]
 struct Job {
@@ -168,6 +179,7 @@ fn backoff(spins: &mut u32) {
 fn worker(sh: &'static Shared) {
     IN_POOL.with(|c| c.set(true));
     let mut seen = sh.gen.load(Ordering::Acquire);
+    let spin = spin_time();
     loop {
         // Wait for a new job: spin, then yield, then sleep.
         let start = Instant::now();
@@ -178,7 +190,7 @@ fn worker(sh: &'static Shared) {
                 seen = g;
                 break;
             }
-            if start.elapsed() < SPIN {
+            if start.elapsed() < spin {
                 backoff(&mut spins);
                 continue;
             }
