@@ -175,6 +175,62 @@ pub(crate) trait W32: Pod + Sync {
     fn m_bits(&self) -> u16 {
         0
     }
+    #[inline(always)]
+    unsafe fn d_f32(&self) -> f32 {
+        f16x1(self.d_bits())
+    }
+    #[inline(always)]
+    unsafe fn m_f32(&self) -> f32 {
+        f16x1(self.m_bits())
+    }
+}
+
+/// A weight block decoded once for a prompt: its unsigned bytes and f32 scales. Tiles then read
+/// these instead of decoding the block again for every group of activation rows.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Decoded<W> {
+    u: [u8; 32],
+    d: f32,
+    m: f32,
+    _w: std::marker::PhantomData<W>,
+}
+
+// SAFETY: plain bytes and floats.
+unsafe impl<W: 'static + Copy> Pod for Decoded<W> {}
+
+impl<W: W32> W32 for Decoded<W> {
+    const OFFSET: u8 = W::OFFSET;
+    const HAS_MIN: bool = W::HAS_MIN;
+    #[inline(always)]
+    unsafe fn load_u(&self) -> __m256i {
+        load256(self.u.as_ptr())
+    }
+    fn d_bits(&self) -> u16 {
+        unreachable!("decoded blocks carry f32 scales")
+    }
+    #[inline(always)]
+    unsafe fn d_f32(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    unsafe fn m_f32(&self) -> f32 {
+        self.m
+    }
+}
+
+impl<W: W32> Decoded<W> {
+    #[inline(always)]
+    unsafe fn of(w: &W) -> Self {
+        let mut u = [0u8; 32];
+        _mm256_storeu_si256(u.as_mut_ptr() as *mut __m256i, w.load_u());
+        Self {
+            u,
+            d: w.d_f32(),
+            m: if W::HAS_MIN { w.m_f32() } else { 0.0 },
+            _w: std::marker::PhantomData,
+        }
+    }
 }
 
 impl W32 for BlockQ4_0 {
@@ -323,9 +379,22 @@ unsafe fn tile_w32<
         for r in 0..RW {
             let blk = w.get_unchecked(r * nb + b);
             wu[r] = blk.load_u();
-            dw[r] = _mm256_set1_ps(f16x1(blk.d_bits()));
+            dw[r] = _mm256_set1_ps(blk.d_f32());
             if W::HAS_MIN {
-                mw[r] = f16x1(blk.m_bits());
+                mw[r] = blk.m_f32();
+            }
+        }
+        // The scale products `dw * da` of the tile's pairs, RA at a time in one multiply; each
+        // pair then broadcasts its own from memory (a load, not an arithmetic op).
+        let mut prod = [[0f32; 8]; RW];
+        if RA > 1 && !PER_BLOCK {
+            let mut das = [0f32; 8];
+            for i in 0..RA {
+                das[i] = *ad.get_unchecked(i * nb + b);
+            }
+            let dav = _mm256_loadu_ps(das.as_ptr());
+            for r in 0..RW {
+                _mm256_storeu_ps(prod[r].as_mut_ptr(), _mm256_mul_ps(dw[r], dav));
             }
         }
         for i in 0..RA {
@@ -336,7 +405,11 @@ unsafe fn tile_w32<
             let sa = if W::HAS_MIN { f16x1(ab.s_bits()) } else { 0.0 };
             for r in 0..RW {
                 let isum = lanes_w32::<W, D>(wu[r], av, nc);
-                let d = _mm256_mul_ps(dw[r], da);
+                let d = if RA > 1 && !PER_BLOCK {
+                    _mm256_broadcast_ss(&prod[r][i])
+                } else {
+                    _mm256_mul_ps(dw[r], da)
+                };
                 if PER_BLOCK {
                     let s = hsum_i32(isum) as f32;
                     accs[r][i] = s.mul_add(_mm256_cvtss_f32(d), accs[r][i]);
@@ -475,9 +548,21 @@ unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
         sweep!(tile_w32_block, [W, A, D], 4, 2, w, a, nb, m, o);
     } else if m == 1 {
         sweep!(tile_w32_lanes, [W, A, D], 4, 1, w, a, nb, m, o);
+    } else if m >= PREDECODE_MIN_ROWS {
+        // Many activation rows: decode this chunk's weights once.
+        let dec = predecode(w);
+        sweep!(tile_w32_lanes, [Decoded<W>, A, D], 3, 6, &dec[..], a, nb, m, o);
     } else {
         sweep!(tile_w32_lanes, [W, A, D], 3, 6, w, a, nb, m, o);
     }
+}
+
+/// From this many activation rows on, a chunk's weights are decoded once up front.
+pub(crate) const PREDECODE_MIN_ROWS: usize = 8;
+
+#[inline(always)]
+pub(crate) unsafe fn predecode<W: W32>(w: &[W]) -> Vec<Decoded<W>> {
+    w.iter().map(|b| Decoded::of(b)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
