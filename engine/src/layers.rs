@@ -3,24 +3,26 @@
 
 use std::sync::Arc;
 
-use candle_core::{quantized::QMatMul, DType, Device, Module, Result, Tensor, D};
+use candle_core::{quantized::QMatMul, DType, Device, Result, Tensor, D};
 
 use crate::{
     kv_cache::LayerKv,
     ops::{self, Activation},
+    quant::QuantMatMul,
     source::Source,
 };
 
-/// A linear layer `x @ W^T + b` over quantized or dense weights.
+/// A linear layer `x @ W^T + b` over quantized or dense weights. Quantized weights go through
+/// [`crate::quant`] (ggml's numerics); dense ones and unsupported types through candle.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: QuantMatMul,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn load(src: &Source, name: &str, dev: &Device) -> crate::Result<Self> {
-        let weight = QMatMul::from_arc(Arc::new(src.tensor(&format!("{name}.weight"), dev)?))?;
+        let weight = QuantMatMul::from_arc(Arc::new(src.tensor(&format!("{name}.weight"), dev)?))?;
         let bias_name = format!("{name}.bias");
         let bias = if src.has_tensor(&bias_name) {
             Some(src.tensor(&bias_name, dev)?.dequantize(dev)?)
@@ -31,15 +33,33 @@ impl Linear {
     }
 
     pub fn from_qmatmul(weight: QMatMul) -> Self {
-        Self { weight, bias: None }
+        Self {
+            weight: QuantMatMul::from_qmatmul(weight).expect("a 2-d weight matrix"),
+            bias: None,
+        }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.add_bias(self.weight.forward(x)?)
+    }
+
+    /// Several layers on the same input, quantizing it once per activation type (q/k/v,
+    /// gate/up).
+    pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let ws = layers.map(|l| &l.weight);
+        let ys = QuantMatMul::forward_many(&ws, x)?
+            .into_iter()
+            .zip(layers)
+            .map(|(y, l)| l.add_bias(y))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ys.try_into().expect("one output per layer"))
     }
 }
 
@@ -216,9 +236,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, seq, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let q = self.q.forward(x)?.reshape((b, seq, nh, hd))?;
-        let k = self.k.forward(x)?.reshape((b, seq, nkv, hd))?;
-        let v = self.v.forward(x)?.reshape((b, seq, nkv, hd))?;
+        let [q, k, v] = Linear::forward_many([&self.q, &self.k, &self.v], x)?;
+        let q = q.reshape((b, seq, nh, hd))?;
+        let k = k.reshape((b, seq, nkv, hd))?;
+        let v = v.reshape((b, seq, nkv, hd))?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q)?,
             None => q,
@@ -269,7 +290,8 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = ops::gated(self.act, &self.gate.forward(x)?, &self.up.forward(x)?)?;
+        let [gate, up] = Linear::forward_many([&self.gate, &self.up], x)?;
+        let h = ops::gated(self.act, &gate, &up)?;
         self.down.forward(&h)
     }
 }

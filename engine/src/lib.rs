@@ -13,6 +13,7 @@ pub mod local_ring;
 pub mod model;
 pub mod models;
 pub mod ops;
+pub mod quant;
 pub mod runner;
 pub mod sampling;
 pub mod source;

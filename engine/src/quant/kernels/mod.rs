@@ -1,0 +1,119 @@
+//! Kernel selection: one chunk kernel per (weight type, accumulation scheme, instruction set).
+
+use super::{
+    blocks::*, reference as r, run_chunks, ActData, Activations, ChunkFn, Isa, OutPtr, WeightType,
+};
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Sum of eight i32 lanes.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum_i32_256(a: std::arch::x86_64::__m256i) -> i32 {
+    x86::hsum_i32(a)
+}
+
+/// A chunk kernel from a scalar dot product.
+fn scalar<W, A>(dot: fn(&[W], &[A]) -> f32) -> impl Fn(&[W], &[A], usize, usize, OutPtr) + Sync {
+    move |w: &[W], a: &[A], nb: usize, m: usize, o: OutPtr| {
+        for (j, wr) in w.chunks_exact(nb).enumerate() {
+            for i in 0..m {
+                // SAFETY: the chunk owns columns 0..rows of every output row.
+                unsafe { o.set(i, j, dot(wr, &a[i * nb..(i + 1) * nb])) };
+            }
+        }
+    }
+}
+
+fn go<W: Pod + Sync, A: Sync>(
+    bytes: &[u8],
+    n: usize,
+    nb: usize,
+    a: &[A],
+    m: usize,
+    out: &mut [f32],
+    kernel: ChunkFn<'_, W, A>,
+) {
+    let w = cast_blocks::<W>(bytes).expect("weight layout checked at load");
+    run_chunks(w, n, nb, a, m, out, kernel);
+}
+
+pub(crate) fn matmul(
+    ty: WeightType,
+    bytes: &[u8],
+    n: usize,
+    k: usize,
+    acts: &Activations,
+    out: &mut [f32],
+    isa: Isa,
+) {
+    let m = acts.m;
+    let nb = k / ty.block_len();
+    let repacked = ty.ggml_repacks(n);
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && x86::matmul(ty, repacked, bytes, n, nb, acts, out, isa) {
+        return;
+    }
+    let _ = isa;
+    match (ty, &acts.data) {
+        (WeightType::Q4_0, ActData::Q8_0(a)) if repacked => go(
+            bytes,
+            n,
+            nb,
+            a,
+            m,
+            out,
+            &scalar(r::dot_per_block::<BlockQ4_0>),
+        ),
+        (WeightType::Q4_0, ActData::Q8_0(a)) => {
+            go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ4_0>))
+        }
+        (WeightType::Q5_0, ActData::Q8_0(a)) => {
+            go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ5_0>))
+        }
+        (WeightType::Q8_0, ActData::Q8_0(a)) => {
+            go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ8_0>))
+        }
+        (WeightType::Q4_1, ActData::Q8_1(a)) => go(
+            bytes,
+            n,
+            nb,
+            a,
+            m,
+            out,
+            &scalar(r::dot_lanes_min::<BlockQ4_1>),
+        ),
+        (WeightType::Q5_1, ActData::Q8_1(a)) => go(
+            bytes,
+            n,
+            nb,
+            a,
+            m,
+            out,
+            &scalar(r::dot_lanes_min::<BlockQ5_1>),
+        ),
+        (WeightType::Q4K, ActData::Q8K(a)) if repacked => go(
+            bytes,
+            n,
+            nb,
+            a.for_repacked(),
+            m,
+            out,
+            &scalar(r::dot_q4k_per_block),
+        ),
+        (WeightType::Q4K, ActData::Q8K(a)) => {
+            go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q4k_lanes))
+        }
+        (WeightType::Q5K, ActData::Q8K(a)) => {
+            go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q5k))
+        }
+        (WeightType::Q6K, ActData::Q8K(a)) => {
+            go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q6k))
+        }
+        _ => panic!("activations of the wrong type for {ty:?}"),
+    }
+}

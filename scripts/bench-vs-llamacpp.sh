@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Prompt processing (pp128) and generation (tg64) speed of exo's engine against llama.cpp's
+# llama-bench, on both test models, in one run. Usage: scripts/bench-vs-llamacpp.sh
+#
+# llama.cpp comes from the llama-cpp-python 0.3.36 source distribution on PyPI (it vendors
+# llama.cpp); llama-bench is built once with -DGGML_NATIVE=ON and cached under
+# ~/.cache/exo-p2p/llama.cpp. exo's figures come from `engine/examples/bench.rs`, once with the
+# best kernels the CPU has and once with EXO_NO_AVX512=1 (256-bit kernels only).
+#
+# Every figure is the best of ROUNDS rounds, each of REPS repetitions (llama-bench's average,
+# exo's best), with the contenders interleaved, so that a burst of other work on the machine
+# does not decide a ratio.
+#
+# Environment: THREADS (default 2), REPS (3), ROUNDS (2), PP (128), TG (64), EXO_TEST_MODELS.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+threads=${THREADS:-2}
+reps=${REPS:-3}
+rounds=${ROUNDS:-2}
+pp=${PP:-128}
+tg=${TG:-64}
+models_dir=${EXO_TEST_MODELS:-$HOME/.cache/exo-p2p/test-models}
+cache=$HOME/.cache/exo-p2p/llama.cpp
+ver=0.3.36
+py=$(command -v python3 || command -v python)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+bench_bin="$cache/$ver/build/bin/llama-bench"
+if [ ! -x "$bench_bin" ]; then
+  echo "building llama-bench (llama-cpp-python $ver sdist, once)..." >&2
+  mkdir -p "$cache/$ver"
+  tmp=$work/sdist
+  mkdir -p "$tmp"
+  "$py" -m pip download -q --no-deps --no-binary llama-cpp-python -d "$tmp" "llama-cpp-python==$ver" >&2
+  tar -xzf "$tmp"/llama_cpp_python-"$ver".tar.gz -C "$tmp"
+  rm -rf "$cache/$ver/src"
+  mv "$tmp/llama_cpp_python-$ver/vendor/llama.cpp" "$cache/$ver/src"
+  cmake -S "$cache/$ver/src" -B "$cache/$ver/build" -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF >&2
+  nice -n 5 cmake --build "$cache/$ver/build" --target llama-bench -j "$threads" >&2
+fi
+
+echo "building exo's bench example..." >&2
+(cd "$root" && nice -n 5 cargo build -q --release -p exo-engine --example bench >&2)
+exo_bin="$root/target/release/examples/bench"
+
+out=$work/results.jsonl
+for round in $(seq 1 "$rounds"); do
+for m in gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
+  path="$models_dir/$m"
+  [ -f "$path" ] || { echo "missing $path: run scripts/fetch-test-models.sh" >&2; exit 1; }
+  echo "round $round: measuring $m..." >&2
+  "$bench_bin" -m "$path" -p "$pp" -n "$tg" -t "$threads" -r "$reps" -o json 2>/dev/null \
+    | "$py" -c '
+import json, sys
+for r in json.load(sys.stdin):
+    t = "pp" if r["n_prompt"] > 0 else "tg"
+    print(json.dumps({"who": "llama.cpp", "model": sys.argv[1], "test": t, "tok_s": r["avg_ts"]}))
+' "$m" >> "$out"
+  for mode in avx512 no-avx512; do
+    if [ "$mode" = no-avx512 ]; then export EXO_NO_AVX512=1; else unset EXO_NO_AVX512; fi
+    RAYON_NUM_THREADS=$threads "$exo_bin" "$path" --pp "$pp" --tg "$tg" --reps "$reps" \
+      --threads "$threads" | "$py" -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+for t in ("pp", "tg"):
+    print(json.dumps({"who": "exo " + sys.argv[2], "model": sys.argv[1], "test": t, "tok_s": r[t + "_tok_s"]}))
+' "$m" "$mode" >> "$out"
+  done
+  unset EXO_NO_AVX512
+done
+done
+
+"$py" - "$out" "$pp" "$tg" "$threads" "$rounds" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+pp, tg, threads = sys.argv[2], sys.argv[3], sys.argv[4]
+get = lambda who, m, t: max(r["tok_s"] for r in rows if r["who"] == who and r["model"] == m and r["test"] == t)
+models = sorted({r["model"] for r in rows})
+print(f"tokens/s, {threads} threads, best of {sys.argv[5]} rounds; ratio = exo / llama.cpp")
+print(f"{'model':42} {'test':6} {'llama.cpp':>10} {'exo':>9} {'ratio':>6} {'exo no-avx512':>14} {'ratio':>6}")
+for m in models:
+    for t, n in (("pp", pp), ("tg", tg)):
+        l = get("llama.cpp", m, t)
+        a = get("exo avx512", m, t)
+        b = get("exo no-avx512", m, t)
+        print(f"{m:42} {t + n:6} {l:10.1f} {a:9.1f} {a / l:6.2f} {b:14.1f} {b / l:6.2f}")
+EOF
