@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{quantized::QMatMul, DType, Device, Result, Tensor, D};
 
 use crate::{
-    kv_cache::LayerKv,
+    attention::{attend, AttnShape, LayerKv},
     ops::{self, Activation},
     quant::QuantMatMul,
     source::Source,
@@ -135,78 +135,49 @@ impl Rope {
         ))
     }
 
+    /// Rotates `[batch, heads, seq, dim]` by the tables of [`Rope::tables`] (dimensions past
+    /// `self.dim` are left as they are).
     fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        match self.style {
-            RopeStyle::Neox => candle_nn::rotary_emb::rope(x, cos, sin),
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+        let dims = x.dims4()?;
+        let (seq, dim) = (dims.2, dims.3);
+        let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let (cos, sin): (Vec<f32>, Vec<f32>) =
+            (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+        let half = self.dim / 2;
+        for (r, row) in v.chunks_mut(dim).enumerate() {
+            let t = r % seq;
+            for i in 0..half {
+                let (c, s) = (cos[t * half + i], sin[t * half + i]);
+                let (a, b) = match self.style {
+                    RopeStyle::Neox => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (row[a], row[b]);
+                // ggml's C compiles `x0*cos - x1*sin` with the first product fused into an fma;
+                // the same operations here keep keys and queries bit-identical to llama.cpp's.
+                row[a] = x0.mul_add(c, -(x1 * s));
+                row[b] = x0.mul_add(s, x1 * c);
+            }
         }
+        Tensor::from_vec(v, dims, x.device())
     }
 }
 
-/// Per-forward values shared by all layers: rope tables per rope setting, masks per window.
+/// Per-forward values shared by all layers: the rope tables of each rope setting.
 pub struct StepContext {
     pub pos: usize,
     pub seq: usize,
     ropes: Vec<(Tensor, Tensor)>,
-    masks: Vec<(Option<usize>, Option<Tensor>)>,
 }
 
 impl StepContext {
-    pub fn new(
-        ropes: &[Rope],
-        windows: &[Option<usize>],
-        pos: usize,
-        seq: usize,
-        dev: &Device,
-    ) -> Result<Self> {
+    pub fn new(ropes: &[Rope], pos: usize, seq: usize, dev: &Device) -> Result<Self> {
         let ropes = ropes
             .iter()
             .map(|r| r.tables(pos, seq, dev))
             .collect::<Result<_>>()?;
-        let masks = windows
-            .iter()
-            .map(|&w| Ok((w, attention_mask(pos, seq, w, dev)?)))
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            pos,
-            seq,
-            ropes,
-            masks,
-        })
+        Ok(Self { pos, seq, ropes })
     }
-
-    fn mask(&self, window: Option<usize>) -> Option<&Tensor> {
-        self.masks
-            .iter()
-            .find(|(w, _)| *w == window)
-            .and_then(|(_, m)| m.as_ref())
-    }
-}
-
-/// Additive mask `[seq, pos+seq]`: query `i` (at absolute position `pos+i`) may see key `j` when
-/// `j <= pos+i` and, with a sliding window, `pos+i - j < window`. None when nothing is masked.
-pub fn attention_mask(
-    pos: usize,
-    seq: usize,
-    window: Option<usize>,
-    dev: &Device,
-) -> Result<Option<Tensor>> {
-    let total = pos + seq;
-    let windowed = window.is_some_and(|w| total > w);
-    if seq == 1 && !windowed {
-        return Ok(None);
-    }
-    let mut mask = vec![0f32; seq * total];
-    for i in 0..seq {
-        let qi = pos + i;
-        for j in 0..total {
-            let hidden = j > qi || window.is_some_and(|w| j + w <= qi);
-            if hidden {
-                mask[i * total + j] = f32::NEG_INFINITY;
-            }
-        }
-    }
-    Ok(Some(Tensor::from_vec(mask, (seq, total), dev)?))
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +195,8 @@ pub struct Attention {
     /// Index into the model's rope settings.
     pub rope: usize,
     pub window: Option<usize>,
+    /// Multiply queries by `scale` before attention instead of scaling the scores (Gemma).
+    pub prescale_query: bool,
 }
 
 impl Attention {
@@ -255,27 +228,26 @@ impl Attention {
         let rope = &ropes[self.rope];
         let q = rope.apply(&q, cos, sin)?;
         let k = rope.apply(&k, cos, sin)?;
-        let (k, v) = kv.append(&k, &v)?;
-        let total = k.dim(2)?;
-
-        // Grouped-query attention without copying K/V: the query heads sharing a KV head are
-        // stacked along the sequence axis.
-        let rep = nh / nkv;
-        let q = (q * self.scale)?.reshape((b, nkv, rep * seq, hd))?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match ctx.mask(self.window) {
-            Some(mask) => scores
-                .reshape((b, nkv, rep, seq, total))?
-                .broadcast_add(mask)?
-                .reshape((b, nkv, rep * seq, total))?,
-            None => scores,
+        if b != 1 {
+            candle_core::bail!("attention runs one sequence at a time, got a batch of {b}")
+        }
+        // Gemma scales queries before attention (as llama.cpp does); the others scale scores.
+        let (q, scale) = if self.prescale_query {
+            ((q * self.scale)?, 1.0)
+        } else {
+            (q, self.scale as f32)
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, nh, seq, hd))?
-            .transpose(1, 2)?
-            .reshape((b, seq, nh * hd))?;
+        let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        kv.append(&flat(k)?, &flat(v)?, nkv, seq);
+        let shape = AttnShape {
+            n_head: nh,
+            n_kv_head: nkv,
+            head_dim: hd,
+            scale,
+            window: self.window,
+        };
+        let out = attend(&flat(q)?, kv, ctx.pos, seq, shape);
+        let out = Tensor::from_vec(out, (b, seq, nh * hd), x.device())?;
         self.o.forward(&out)
     }
 }

@@ -2,6 +2,7 @@
 //! model, per-request KV caches, tokenizers, chat templates and sampling. It knows nothing of the
 //! network or HTTP.
 
+pub mod attention;
 pub mod chat_template;
 pub mod download;
 pub mod error;

@@ -37,6 +37,8 @@ pub struct Spec {
     pub layer_attn: Vec<(usize, Option<usize>)>,
     pub act: Activation,
     pub attn_scale: f64,
+    /// Scale queries before attention rather than the scores (Gemma, as llama.cpp builds it).
+    pub prescale_query: bool,
     pub embed_scale: Option<f64>,
     pub qk_norm: bool,
     pub post_norms: bool,
@@ -67,7 +69,6 @@ pub struct ShardModel {
     embed: Option<Embedding>,
     blocks: Vec<Block>,
     head: Option<Head>,
-    windows: Vec<Option<usize>>,
     device: Device,
 }
 
@@ -195,6 +196,7 @@ impl ShardModel {
                     scale: spec.attn_scale,
                     rope,
                     window,
+                    prescale_query: spec.prescale_query,
                 },
                 post_attn_norm: opt_norm(spec.post_norms, "post_attention_norm")?,
                 ffn_norm: norm(&format!("{p}.ffn_norm"))?,
@@ -207,9 +209,6 @@ impl ShardModel {
                 post_ffn_norm: opt_norm(spec.post_norms, "post_ffw_norm")?,
             });
         }
-        let mut windows: Vec<Option<usize>> = blocks.iter().map(|b| b.attn.window).collect();
-        windows.sort();
-        windows.dedup();
         tracing::debug!(arch = %spec.arch, %range, reused, path = %src.path().display(), "shard loaded");
         Ok(Self {
             spec,
@@ -217,7 +216,6 @@ impl ShardModel {
             embed,
             blocks,
             head,
-            windows,
             device: dev.clone(),
         })
     }
@@ -280,13 +278,7 @@ impl ShardModel {
                 context,
             });
         }
-        let ctx = crate::layers::StepContext::new(
-            &self.spec.ropes,
-            &self.windows,
-            pos,
-            seq,
-            &self.device,
-        )?;
+        let ctx = crate::layers::StepContext::new(&self.spec.ropes, pos, seq, &self.device)?;
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, &self.spec.ropes, &ctx, kv)?;
         }

@@ -46,7 +46,8 @@ impl CustomOp2 for RmsNorm {
         }
         let mut out = vec![0f32; x.len()];
         let row = |(src, dst): (&[f32], &mut [f32])| {
-            let sum: f64 = src.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            // Squares in f32, summed in f64, as ggml does.
+            let sum: f64 = src.iter().map(|&v| (v * v) as f64).sum();
             let mean = (sum / n as f64) as f32;
             let scale = 1.0 / (mean + self.eps).sqrt();
             for ((d, &s), &w) in dst.iter_mut().zip(src).zip(w) {
@@ -101,8 +102,34 @@ fn gelu_ggml(table: &[f16], x: f32) -> f32 {
     }
 }
 
+/// ggml's vectorised `expf` (`ggml_v_expf`, from ARM's optimized routines): a degree-5
+/// polynomial on the reduced argument, scaled by 2^n. Not libm's `expf`: SiLU must use this one
+/// to match llama.cpp bit for bit.
+fn expf_ggml(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
+    );
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+                                                                  // j * 2^n, rounded once (as `_mm512_scalef_ps` does, subnormals included).
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + expf_ggml(0.0 - x))
 }
 
 /// `act(gate) * up` in one pass.
@@ -157,10 +184,68 @@ pub fn gated(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         .apply_op2_no_bwd(&up.contiguous()?, &Gated(act))
 }
 
+/// ggml's `ggml_vec_dot_f16` (f16 inputs, here already widened to f32) on AVX-512: four 16-lane fused multiply-add accumulators over
+/// 64-element steps, folded pairwise, then reduced the way `_mm512_reduce_add_ps` does; a tail in
+/// f64.
+pub fn dot_f16_lanes(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len();
+    let np = n & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let base = i + 16 * j;
+            for (l, lane) in a.iter_mut().enumerate() {
+                *lane = x[base + l].mul_add(y[base + l], *lane);
+            }
+        }
+    }
+    for l in 0..16 {
+        acc[0][l] += acc[2][l];
+        acc[1][l] += acc[3][l];
+    }
+    for l in 0..16 {
+        acc[0][l] += acc[1][l];
+    }
+    let a = acc[0];
+    let t3: [f32; 8] = std::array::from_fn(|i| a[i + 8] + a[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    let (t8_0, t8_1) = (t6[0] + t6[2], t6[1] + t6[3]);
+    let mut sum = (t8_0 + t8_1) as f64;
+    for i in np..n {
+        sum += (x[i] * y[i]) as f64;
+    }
+    sum as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn f16_dot_follows_ggml_lanes_and_handles_tails() {
+        let v = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let (x, y) = (v(200, 5), v(200, 6));
+        let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!((dot_f16_lanes(&x, &y) as f64 - exact).abs() < 1e-4);
+        let tail = ((x[0] * y[0]) as f64 + (x[1] * y[1]) as f64 + (x[2] * y[2]) as f64) as f32;
+        assert_eq!(dot_f16_lanes(&x[..3], &y[..3]), tail);
+    }
+
+    #[test]
+    fn ggml_expf_is_close_to_libm() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.04;
+            let (a, b) = (expf_ggml(x), x.exp());
+            assert!((a - b).abs() <= 4.0 * f32::EPSILON * b, "{x}: {a} vs {b}");
+        }
+        assert_eq!(expf_ggml(-200.0), 0.0);
+        assert_eq!(expf_ggml(200.0), f32::INFINITY);
+    }
 
     #[test]
     fn rms_norm_matches_formula() -> Result<()> {

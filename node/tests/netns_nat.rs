@@ -432,18 +432,44 @@ fn a_node_with_another_swarm_key_is_refused() {
     );
     // With an invite token (the right key plus the relay's address) the same host joins.
     let invite = Command::new(bin())
-        .args(["invite", "--swarm-key", k1.to_str().unwrap(), "--relay", &relay])
+        .args([
+            "invite",
+            "--swarm-key",
+            k1.to_str().unwrap(),
+            "--relay",
+            &relay,
+        ])
         .output()
         .unwrap();
     assert!(invite.status.success());
     let token = String::from_utf8(invite.stdout).unwrap().trim().to_string();
-    let out = w
-        .ns
-        .command("h3", bin())
-        .args(["run", model, "-p", "hi", "-n", "4", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001"])
-        .args(["--join", &token, "--wait-peers", "1", "--wait-timeout", "60"])
-        .env("EXO_HOME", temp_dir("h3b"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        w.ns.command("h3", bin())
+            .args([
+                "run",
+                model,
+                "-p",
+                "hi",
+                "-n",
+                "4",
+                "--no-mdns",
+                "--listen",
+                "/ip4/0.0.0.0/tcp/4001",
+            ])
+            .args([
+                "--join",
+                &token,
+                "--wait-peers",
+                "1",
+                "--wait-timeout",
+                "60",
+            ])
+            .env("EXO_HOME", temp_dir("h3b"))
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

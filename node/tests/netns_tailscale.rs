@@ -22,10 +22,17 @@ fn tailscale_peers_are_found_and_joined() {
     for (host, other_ip) in [("a", "100.64.0.2"), ("b", "100.64.0.1")] {
         let home = temp_dir(&format!("ts-{host}"));
         ids.push(
-            String::from_utf8(std::process::Command::new(bin()).arg("id").env("EXO_HOME", &home).output().unwrap().stdout)
-                .unwrap()
-                .trim()
-                .to_string(),
+            String::from_utf8(
+                std::process::Command::new(bin())
+                    .arg("id")
+                    .env("EXO_HOME", &home)
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap()
+            .trim()
+            .to_string(),
         );
         // A stand-in for the tailscale CLI that knows one online peer.
         let bin_dir = home.join("bin");
@@ -37,13 +44,22 @@ fn tailscale_peers_are_found_and_joined() {
         let script = bin_dir.join("tailscale");
         std::fs::write(&script, format!("#!/bin/sh\n[ \"$1 $2\" = \"status --json\" ] || exit 2\ncat <<'JSON'\n{status}\nJSON\n")).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let log = home.join("node.log");
         let child = ns
             .command(host, bin())
             .args(["serve", "--model"])
             .arg(&model)
-            .args(["--tailscale", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/52416"])
+            .args([
+                "--tailscale",
+                "--no-mdns",
+                "--listen",
+                "/ip4/0.0.0.0/tcp/52416",
+            ])
             .env("PATH", path)
             .env("EXO_HOME", &home)
             .env("EXO_THREADS", "1")

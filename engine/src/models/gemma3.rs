@@ -81,6 +81,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
         ropes,
         layer_attn,
         act: Activation::GeluTanh,
+        prescale_query: true,
         attn_scale: 1.0 / query_scalar.sqrt(),
         embed_scale: Some((hp.hidden as f64).sqrt()),
         qk_norm: true,

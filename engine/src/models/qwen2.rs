@@ -26,6 +26,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
         }],
         layer_attn: super::uniform_layers(hp.n_layers),
         act: Activation::Silu,
+        prescale_query: false,
         attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
         embed_scale: None,
         qk_norm: false,

@@ -331,6 +331,28 @@ pub(crate) fn run_chunks<W: Sync, A: Sync>(
     });
 }
 
+/// `x[m, k] · W[n, k]^T` for f16 weights, each dot product in ggml's `vec_dot_f16` order, so a
+/// row's result does not depend on the other rows in the batch.
+fn dense_f16(w: &[half::f16], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    use rayon::prelude::*;
+    let mut by_row = vec![0f32; n * m];
+    by_row.par_chunks_mut(m).enumerate().for_each(|(o, dst)| {
+        let mut wf = vec![0f32; k];
+        w[o * k..(o + 1) * k].convert_to_f32_slice(&mut wf);
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = crate::ops::dot_f16_lanes(&wf, &x[i * k..(i + 1) * k]);
+        }
+    });
+    let mut out = vec![0f32; m * n];
+    for o in 0..n {
+        for i in 0..m {
+            out[i * n + o] = by_row[o * m + i];
+        }
+    }
+    out
+}
+
 /// Where the weight blocks are.
 #[derive(Clone)]
 enum Weights {
@@ -345,6 +367,9 @@ enum Weights {
 pub struct QuantMatMul {
     /// Weights with a kernel here, and their type; None for the others.
     quant: Option<(Weights, WeightType, GgmlDType)>,
+    /// F16 weights `[n, k]`, multiplied the way ggml does (activations rounded to f16, each row
+    /// independent of the others).
+    f16: Option<Arc<Vec<half::f16>>>,
     /// candle's matmul: for dense and unsupported weights (built at once) and for inputs the
     /// kernels do not take (built on first use from the blocks).
     fallback: OnceLock<QMatMul>,
@@ -374,6 +399,20 @@ impl QuantMatMul {
         });
         let dequantize_all = std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty());
         let fallback = OnceLock::new();
+        if dtype == GgmlDType::F16 && matches!(qt.device(), Device::Cpu) && !dequantize_all {
+            let data = qt.data()?;
+            let w: Vec<half::f16> = data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            return Ok(Self {
+                quant: None,
+                f16: Some(Arc::new(w)),
+                fallback,
+                n,
+                k,
+            });
+        }
         let quant = match ty {
             Some(ty) if !dequantize_all => {
                 let weights = if Arc::strong_count(&qt) == 1 {
@@ -390,6 +429,7 @@ impl QuantMatMul {
         };
         Ok(Self {
             quant,
+            f16: None,
             fallback,
             n,
             k,
@@ -405,6 +445,7 @@ impl QuantMatMul {
                 let _ = fallback.set(m);
                 Ok(Self {
                     quant: None,
+                    f16: None,
                     fallback,
                     n,
                     k,
@@ -428,6 +469,11 @@ impl QuantMatMul {
     fn fallback(&self) -> Result<&QMatMul> {
         if let Some(f) = self.fallback.get() {
             return Ok(f);
+        }
+        if let Some(w) = &self.f16 {
+            let t = Tensor::from_vec(w.as_ref().clone(), (self.n, self.k), &Device::Cpu)?;
+            let _ = self.fallback.set(QMatMul::TensorF16(t));
+            return Ok(self.fallback.get().expect("just set"));
         }
         let Some((weights, _, dtype)) = &self.quant else {
             candle_core::bail!("no weights")
@@ -496,6 +542,23 @@ impl QuantMatMul {
                     let w = ws[i];
                     let mut out = vec![0f32; m * w.n];
                     w.matmul_into(&acts, &mut out, isa)?;
+                    let mut shape = x.dims().to_vec();
+                    *shape.last_mut().unwrap() = w.n;
+                    outs[i] = Some(Tensor::from_vec(out, shape, &Device::Cpu)?);
+                }
+            }
+            // F16 weights: activations rounded to f16 once, shared by every such weight.
+            let f16_members: Vec<usize> = (0..ws.len())
+                .filter(|&i| ws[i].f16.is_some() && ws[i].k == k)
+                .collect();
+            if !f16_members.is_empty() && m > 0 {
+                let xh: Vec<f32> = xs
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_f32())
+                    .collect();
+                for i in f16_members {
+                    let w = ws[i];
+                    let out = dense_f16(w.f16.as_deref().expect("checked"), &xh, m, w.n, k);
                     let mut shape = x.dims().to_vec();
                     *shape.last_mut().unwrap() = w.n;
                     outs[i] = Some(Tensor::from_vec(out, shape, &Device::Cpu)?);

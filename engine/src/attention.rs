@@ -1,0 +1,188 @@
+//! Attention as llama.cpp computes it on CPU by default — an f16 KV cache and its flash-attention
+//! kernel — so greedy output matches llama.cpp token for token: queries, keys and values rounded
+//! to f16, each key dot product accumulated in ggml's 4×16-lane order, an online softmax in f32,
+//! and the value accumulator kept in f16 (rounded after every fused multiply-add).
+
+use half::{f16, slice::HalfFloatSliceExt};
+use rayon::prelude::*;
+
+/// Keys and values of one layer for one request: per KV head, `len` rows of `head_dim` f16s.
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv {
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `seq` positions; `k` and `v` are `[kv_heads, seq, head_dim]` f32.
+    pub fn append(&mut self, k: &[f32], v: &[f32], kv_heads: usize, seq: usize) {
+        if self.k.len() != kv_heads {
+            self.k = vec![Vec::new(); kv_heads];
+            self.v = vec![Vec::new(); kv_heads];
+        }
+        let per_head = k.len() / kv_heads.max(1);
+        for h in 0..kv_heads {
+            let rows = h * per_head..(h + 1) * per_head;
+            let (kh, vh) = (&mut self.k[h], &mut self.v[h]);
+            let at = kh.len();
+            kh.resize(at + per_head, f16::ZERO);
+            vh.resize(at + per_head, f16::ZERO);
+            kh[at..].convert_from_f32_slice(&k[rows.clone()]);
+            vh[at..].convert_from_f32_slice(&v[rows]);
+        }
+        self.len += seq;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|h| h.capacity() * 2).sum()
+    }
+}
+
+/// Shapes and settings of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    /// Multiplies each query-key dot product.
+    pub scale: f32,
+    /// Sliding window: a query at position p sees keys at positions > p - window.
+    pub window: Option<usize>,
+}
+
+/// Causal attention of `seq` new queries (at positions `pos..pos+seq`, `q` as
+/// `[n_head, seq, head_dim]`) over everything in `kv`. Returns `[seq, n_head * head_dim]`.
+pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> Vec<f32> {
+    let (nh, hd) = (s.n_head, s.head_dim);
+    let rep = nh / s.n_kv_head;
+    let mut out = vec![0f32; seq * nh * hd];
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (i, h) = (r / nh, r % nh);
+        let qi = pos + i;
+        let kvh = h / rep;
+        let (keys, values) = (&kv.k[kvh], &kv.v[kvh]);
+        // Q is rounded to f16 (ggml converts it to the keys' type for the dot product).
+        let mut qh = vec![f16::ZERO; hd];
+        qh.convert_from_f32_slice(&q[(h * seq + i) * hd..(h * seq + i + 1) * hd]);
+        let mut qf = vec![0f32; hd];
+        qh.convert_to_f32_slice(&mut qf);
+        let (mut kf, mut vf, mut accf) = (vec![0f32; hd], vec![0f32; hd], vec![0f32; hd]);
+        let mut acc = vec![f16::ZERO; hd];
+        let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
+        let first = s.window.map_or(0, |w| (qi + 1).saturating_sub(w));
+        for j in first..=qi {
+            keys[j * hd..(j + 1) * hd].convert_to_f32_slice(&mut kf);
+            let score = crate::ops::dot_f16_lanes(&kf, &qf) * s.scale;
+            let (mut ms, mut vs) = (1f32, 1f32);
+            acc.convert_to_f32_slice(&mut accf);
+            if score > max {
+                ms = (max - score).exp();
+                max = score;
+                for a in accf.iter_mut() {
+                    *a = f16::from_f32(*a * ms).to_f32();
+                }
+            } else {
+                vs = (score - max).exp();
+            }
+            values[j * hd..(j + 1) * hd].convert_to_f32_slice(&mut vf);
+            for (a, &v) in accf.iter_mut().zip(&vf) {
+                *a = v.mul_add(vs, *a);
+            }
+            acc.convert_from_f32_slice(&accf);
+            sum = sum.mul_add(ms, vs);
+        }
+        acc.convert_to_f32_slice(dst);
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        dst.iter_mut().for_each(|x| *x *= inv);
+    };
+    // Rows are independent; parallelize when there is enough work.
+    let work = seq * nh * (pos + seq) * hd;
+    if work > 1 << 16 {
+        out.par_chunks_mut(hd).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(hd).enumerate().for_each(row);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain f64 softmax attention over the same f16-rounded inputs.
+    fn reference(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> Vec<f32> {
+        let (nh, hd) = (s.n_head, s.head_dim);
+        let rep = nh / s.n_kv_head;
+        let mut out = vec![0f32; seq * nh * hd];
+        for i in 0..seq {
+            for h in 0..nh {
+                let qi = pos + i;
+                let first = s.window.map_or(0, |w| (qi + 1).saturating_sub(w));
+                let qv: Vec<f64> = q[(h * seq + i) * hd..][..hd]
+                    .iter()
+                    .map(|&x| f16::from_f32(x).to_f64())
+                    .collect();
+                let scores: Vec<f64> = (first..=qi)
+                    .map(|j| {
+                        let k = &kv.k[h / rep][j * hd..][..hd];
+                        k.iter().zip(&qv).map(|(a, b)| a.to_f64() * b).sum::<f64>() * s.scale as f64
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let v: f64 = (first..=qi)
+                        .zip(&w)
+                        .map(|(j, wj)| kv.v[h / rep][j * hd + d].to_f64() * wj)
+                        .sum();
+                    out[(i * nh + h) * hd + d] = (v / z) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_plain_attention_within_f16_accumulation_error() {
+        for window in [None, Some(3)] {
+            let s = AttnShape {
+                n_head: 4,
+                n_kv_head: 2,
+                head_dim: 64,
+                scale: 0.125,
+                window,
+            };
+            let mut kv = LayerKv::default();
+            // A 5-token prompt, then two single-token steps.
+            let mut pos = 0;
+            for (seq, seed) in [(5, 1), (1, 2), (1, 3)] {
+                let (k, v) = (values(2 * seq * 64, seed), values(2 * seq * 64, seed + 10));
+                kv.append(&k, &v, 2, seq);
+                let q = values(4 * seq * 64, seed + 20);
+                let got = attend(&q, &kv, pos, seq, s);
+                let want = reference(&q, &kv, pos, seq, s);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 2e-3, "{a} vs {b} (window {window:?})");
+                }
+                pos += seq;
+            }
+            assert_eq!(kv.len(), 7);
+        }
+    }
+}
