@@ -6,7 +6,7 @@
 #
 #   scripts/container-base.sh [IMAGE]      default IMAGE: localhost/exo-base:bookworm
 #   EXO_BASE_CACHE=DIR                      cache directory (default ~/.cache/exo-p2p/container)
-#   DEBIAN_MIRROR=URL                       mirror for debootstrap (default: apt's, else deb.debian.org)
+#   DEBIAN_MIRROR=URL                       mirror for debootstrap (default: apt's, else debootstrap's)
 #
 # Then: podman build --build-arg BASE=localhost/exo-base:bookworm -f deploy/Dockerfile ...
 set -euo pipefail
@@ -27,12 +27,11 @@ if [[ ! -s $tarball ]]; then
   if [[ -z $mirror ]]; then
     mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
       | head -1 | grep -oE 'https?://[^ ]+' || true)
-    mirror="${mirror:-http://deb.debian.org/debian}"
   fi
   root=$(mktemp -d "$cache/rootfs.XXXXXX")
   trap 'rm -rf "$root" "$tarball.tmp"' EXIT
-  echo "debootstrap bookworm from $mirror (a few minutes)..."
-  debootstrap --variant=minbase bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+  echo "debootstrap bookworm ${mirror:+from $mirror }(a few minutes)..."
+  debootstrap --variant=minbase bookworm "$root" ${mirror:+"$mirror"} >"$cache/debootstrap.log" 2>&1 \
     || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
   # Smaller and reproducible-ish: no package caches or lists in the base.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/tmp/*
