@@ -374,6 +374,8 @@ fn exo_vars(s: &str) -> BTreeSet<String> {
 // Containers
 
 const BASE_IMAGE: &str = "localhost/exo-base:bookworm";
+/// The container tests build images and run models: one at a time.
+static CONTAINER_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const RUNTIME_BASE_IMAGE: &str = "localhost/exo-p2p-runtime-base:test";
 
 fn podman(args: &[&str]) -> Option<Output> {
@@ -413,6 +415,25 @@ fn container_runtime_problem() -> Option<String> {
         ));
     }
     None
+}
+
+/// A build context holding the binary cargo built for the tests (debug info stripped, to keep
+/// the image layer small), plus `files`.
+fn image_context(files: &[(&str, &[u8])]) -> PathBuf {
+    let context = temp_dir("image-context");
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(context.join("exo-p2p"))
+        .arg(bin())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(bin(), context.join("exo-p2p")).unwrap();
+    }
+    for (name, bytes) in files {
+        std::fs::write(context.join(name), bytes).unwrap();
+    }
+    context
 }
 
 /// Everything the container test creates, removed on drop (also when the test fails).
@@ -477,6 +498,7 @@ fn http_get(port: u16, path: &str) -> Option<Value> {
 #[test]
 fn container_two_node_ring_matches_one_process() {
     let test = "container_two_node_ring_matches_one_process";
+    let _one_at_a_time = CONTAINER_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     if let Some(why) = container_runtime_problem() {
         return skip(test, &why, "EXO_REQUIRE_CONTAINERS");
@@ -498,16 +520,7 @@ fn container_two_node_ring_matches_one_process() {
     // The image from the prebuilt-binary stage, with the binary cargo built for this test
     // (debug symbols stripped to keep the layer small). The runtime base is tagged so the
     // next run reuses its layers.
-    let context = temp_dir("image-context");
-    let stripped = Command::new("strip")
-        .arg("-o")
-        .arg(context.join("exo-p2p"))
-        .arg(bin())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped {
-        std::fs::copy(bin(), context.join("exo-p2p")).unwrap();
-    }
+    let context = image_context(&[]);
     let dockerfile = repo().join("deploy/Dockerfile");
     let dockerfile = dockerfile.to_str().unwrap();
     let base_arg = format!("BASE={BASE_IMAGE}");
@@ -710,6 +723,144 @@ fn container_two_node_ring_matches_one_process() {
     );
     assert!(!got.trim().is_empty());
 
+    drop(pm);
+    eprintln!("[{:>5.1?}] torn down", t0.elapsed());
+}
+
+/// deploy/systemd/exo-p2p.service really runs under systemd, sandbox and all: two systemd
+/// containers (privileged, so systemd can set up the unit's namespaces) on one podman network,
+/// configured only by deploy/systemd/exo-p2p.env, find each other with mDNS and form a ring; the
+/// node keeps its peer id (StateDirectory) across `systemctl restart`.
+#[test]
+fn systemd_unit_runs_under_systemd() {
+    let test = "systemd_unit_runs_under_systemd";
+    let _one_at_a_time = CONTAINER_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    if let Some(why) = container_runtime_problem() {
+        return skip(test, &why, "EXO_REQUIRE_CONTAINERS");
+    }
+    let mut pm = Podman {
+        prefix: format!("exo-systemd-test-{}", std::process::id()),
+        containers: Vec::new(),
+        volumes: Vec::new(),
+        network: None,
+        image: None,
+    };
+    let unit = std::fs::read(repo().join("deploy/systemd/exo-p2p.service")).unwrap();
+    let env = std::fs::read(repo().join("deploy/systemd/exo-p2p.env")).unwrap();
+    let env_text = String::from_utf8_lossy(&env).to_string();
+    let model_line = format!("EXO_MODELS=/srv/models/{GEMMA}");
+    assert!(
+        env_text.lines().any(|l| l == model_line),
+        "the env file's example model changed: update this test"
+    );
+    // Apt layers first (cached between runs), then the binary and the unit. HF_ENDPOINT points
+    // nowhere: the node must never reach out.
+    let containerfile = format!(
+        "FROM {BASE_IMAGE}\n\
+         RUN apt-get update && apt-get install -y --no-install-recommends systemd systemd-sysv \
+         curl ca-certificates && rm -rf /var/lib/apt/lists/*\n\
+         COPY exo-p2p /usr/local/bin/exo-p2p\n\
+         COPY exo-p2p.service /etc/systemd/system/exo-p2p.service\n\
+         COPY exo-p2p.env /etc/exo-p2p/exo-p2p.env\n\
+         RUN mkdir -p /etc/systemd/system/exo-p2p.service.d \
+         && printf '[Service]\\nEnvironment=HF_ENDPOINT=http://127.0.0.1:9\\nEnvironment=EXO_THREADS=1\\n' \
+         > /etc/systemd/system/exo-p2p.service.d/test.conf \
+         && systemctl enable exo-p2p\n\
+         CMD [\"/sbin/init\"]\n"
+    );
+    let context = image_context(&[
+        ("Containerfile", containerfile.as_bytes()),
+        ("exo-p2p.service", &unit),
+        ("exo-p2p.env", &env),
+    ]);
+    let image = format!("localhost/{}:latest", pm.prefix);
+    pm.image = Some(image.clone());
+    podman_ok(&[
+        "build",
+        "-f",
+        context.join("Containerfile").to_str().unwrap(),
+        "-t",
+        &image,
+        context.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&context).unwrap();
+    eprintln!("[{:>5.1?}] systemd image built", t0.elapsed());
+
+    let network = pm.name("net");
+    podman_ok(&["network", "create", &network]);
+    pm.network = Some(network.clone());
+    let model = std::fs::canonicalize(test_model(GEMMA)).unwrap();
+    let mount = format!("{}:/srv/models/{GEMMA}:ro", model.display());
+    let nodes = [pm.name("a"), pm.name("b")];
+    for n in &nodes {
+        podman_ok(&[
+            "run",
+            "-d",
+            "--name",
+            n,
+            "--privileged",
+            "--systemd=always",
+            "--network",
+            &network,
+            "-v",
+            &mount,
+            &image,
+        ]);
+        pm.containers.push(n.clone());
+    }
+    let exec = |n: &str, cmd: &[&str]| -> Option<String> {
+        let mut args = vec!["exec", n];
+        args.extend_from_slice(cmd);
+        let out = podman(&args)?;
+        out.status.success().then(|| text(&out.stdout))
+    };
+    let curl = |n: &str, path: &str| -> Option<Value> {
+        let url = format!("http://127.0.0.1:52415{path}");
+        serde_json::from_str(&exec(n, &["curl", "-fsS", &url])?).ok()
+    };
+    let ring_len = |n: &str| -> Option<usize> {
+        Some(
+            curl(n, "/v1/topology")?["rings"][GEMMA.trim_end_matches(".gguf")]
+                .as_array()?
+                .len(),
+        )
+    };
+    for n in &nodes {
+        wait_until(Duration::from_secs(120), "exo-p2p.service to be up", || {
+            curl(n, "/health").filter(|h| h["ready"] == true)
+        });
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "a two-node ring found by mDNS",
+        || (ring_len(&nodes[0]) == Some(2) && ring_len(&nodes[1]) == Some(2)).then_some(()),
+    );
+    eprintln!("[{:>5.1?}] two systemd units in one ring", t0.elapsed());
+    let user = exec(
+        &nodes[0],
+        &["systemctl", "show", "-p", "User,DynamicUser", "exo-p2p"],
+    );
+    assert!(
+        user.as_deref().unwrap_or("").contains("DynamicUser=yes"),
+        "{user:?}"
+    );
+
+    let before = curl(&nodes[0], "/health").unwrap()["peer_id"].clone();
+    exec(&nodes[0], &["systemctl", "restart", "exo-p2p"]).expect("systemctl restart");
+    let after = wait_until(Duration::from_secs(60), "the restarted unit", || {
+        curl(&nodes[0], "/health").filter(|h| h["ready"] == true)
+    });
+    assert_eq!(
+        after["peer_id"], before,
+        "the identity did not survive a restart"
+    );
+    assert_eq!(
+        exec(&nodes[0], &["systemctl", "is-active", "exo-p2p"])
+            .as_deref()
+            .map(str::trim),
+        Some("active")
+    );
     drop(pm);
     eprintln!("[{:>5.1?}] torn down", t0.elapsed());
 }
