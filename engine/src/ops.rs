@@ -199,14 +199,8 @@ pub fn dot_f16_lanes(x: &[f32], y: &[f32]) -> f32 {
             }
         }
     }
-    for l in 0..16 {
-        acc[0][l] += acc[2][l];
-        acc[1][l] += acc[3][l];
-    }
-    for l in 0..16 {
-        acc[0][l] += acc[1][l];
-    }
-    let a = acc[0];
+    let [a0, a1, a2, a3] = acc;
+    let a: [f32; 16] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
     let t3: [f32; 8] = std::array::from_fn(|i| a[i + 8] + a[i]);
     let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
     let (t8_0, t8_1) = (t6[0] + t6[2], t6[1] + t6[3]);

@@ -139,10 +139,10 @@ pub struct MeshArgs {
     )]
     pub bootstrap: Vec<libp2p::Multiaddr>,
     /// Do not discover peers on the local network with mDNS.
-    #[arg(long, env = "EXO_NO_MDNS")]
+    #[arg(long, env = "EXO_NO_MDNS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     pub no_mdns: bool,
     /// Find peers through Tailscale (`tailscale status --json`).
-    #[arg(long, env = "EXO_TAILSCALE")]
+    #[arg(long, env = "EXO_TAILSCALE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     pub tailscale: bool,
     /// Memory this node offers for model layers (bytes, or 16G, 512MiB...), instead of the
     /// machine's total. Layers are split in proportion to it.

@@ -1,5 +1,7 @@
 //! The `exo-p2p` binary: command-line parsing and dispatch only.
 
+mod cpu_check;
+
 use clap::Parser;
 
 use exo_p2p::{

@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
 use exo_engine::{
-    download::{parse_reference, Downloader, ModelRef, PullOptions, TerminalReporter, CATALOG},
+    download::{
+        parse_reference, Downloader, ModelRef, ModelStore, PullOptions, TerminalReporter, CATALOG,
+    },
     ModelInfo,
 };
 use exo_protocol::ModelOffer;
@@ -37,8 +39,23 @@ pub async fn resolve(reference: &str, downloader: &Downloader) -> Result<PathBuf
     Ok(pulled.path)
 }
 
+/// A reference that needs no download: a local path, or a model already in the store.
+pub async fn resolve_local(reference: &str, store: &ModelStore) -> Result<Option<PathBuf>> {
+    match parse_reference(reference) {
+        ModelRef::Local(path) if path.exists() => Ok(Some(path)),
+        ModelRef::Local(_) => Ok(None),
+        r => {
+            let store = store.clone();
+            Ok(tokio::task::spawn_blocking(move || store.resolve(&r, None)).await??)
+        }
+    }
+}
+
 /// [`resolve`] without a mesh: the store, then the hub, with progress on stderr.
 pub async fn resolve_standalone(reference: &str) -> Result<PathBuf> {
+    if let Some(path) = resolve_local(reference, &ModelStore::from_env()).await? {
+        return Ok(path);
+    }
     let downloader =
         Downloader::from_env()?.with_progress(std::sync::Arc::new(TerminalReporter::new()));
     resolve(reference, &downloader).await

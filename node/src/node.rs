@@ -85,17 +85,29 @@ impl Node {
         let store = ModelStore::from_env();
         files::serve(store.clone(), client.clone(), files);
         let downloads = DownloadTracker::new();
-        let downloader = Downloader::from_env()?
-            .with_alt_source(Arc::new(PeerFiles {
-                client: client.clone(),
-                topology: topology.clone(),
-                wait: peer_wait,
-            }))
-            .with_progress(downloads.clone())
-            .with_progress(Arc::new(TerminalReporter::new()));
+        // The downloader (an HTTPS client) is made only when a model must be fetched, so a node
+        // with local models starts on machines without CA certificates.
+        let mut downloader = None;
         let mut paths = Vec::new();
         for reference in &opts.models {
-            paths.push(models::resolve(reference, &downloader).await?);
+            if let Some(path) = models::resolve_local(reference, &store).await? {
+                paths.push(path);
+                continue;
+            }
+            if downloader.is_none() {
+                downloader = Some(
+                    Downloader::from_env()?
+                        .with_alt_source(Arc::new(PeerFiles {
+                            client: client.clone(),
+                            topology: topology.clone(),
+                            wait: peer_wait,
+                        }))
+                        .with_progress(downloads.clone())
+                        .with_progress(Arc::new(TerminalReporter::new())),
+                );
+            }
+            let dl = downloader.as_ref().expect("just made");
+            paths.push(models::resolve(reference, dl).await?);
         }
         let loaded = paths.clone();
         let mut registry =

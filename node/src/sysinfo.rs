@@ -2,8 +2,30 @@
 
 use std::time::Instant;
 
-/// (total, available) memory in bytes, from /proc/meminfo (0 when unknown).
+/// (total, available) memory in bytes: /proc/meminfo, capped by a cgroup v2 memory limit (a
+/// container sees the host's /proc/meminfo).
 pub fn memory() -> (u64, u64) {
+    let (total, available) = host_memory();
+    match cgroup_memory_limit() {
+        Some((limit, used)) if limit < total => (limit, limit.saturating_sub(used).min(available)),
+        _ => (total, available),
+    }
+}
+
+/// `memory.max` and `memory.current` of this process's cgroup (v2), when a limit is set.
+fn cgroup_memory_limit() -> Option<(u64, u64)> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let limit = read("memory.max")?.trim().parse::<u64>().ok()?;
+    let used = read("memory.current")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Some((limit, used))
+}
+
+fn host_memory() -> (u64, u64) {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
@@ -54,10 +76,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{s}` is not a byte count (e.g. 17179869184, 16G, 512MiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
+        "k" | "kb" | "kib" | "ki" => 1 << 10,
+        "m" | "mb" | "mib" | "mi" => 1 << 20,
+        "g" | "gb" | "gib" | "gi" => 1 << 30,
+        "t" | "tb" | "tib" | "ti" => 1 << 40,
         other => return Err(format!("unknown unit `{other}` in `{s}`")),
     };
     Ok((value * mult as f64) as u64)
@@ -73,6 +95,7 @@ mod tests {
         assert_eq!(parse_bytes("16G").unwrap(), 16 << 30);
         assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
         assert_eq!(parse_bytes("1.5gb").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("8Gi").unwrap(), 8 << 30);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("5 parsecs").is_err());
     }

@@ -24,7 +24,24 @@ pub fn physical_cores() -> usize {
             }
             (!cores.is_empty()).then_some(cores.len())
         });
-    physical.unwrap_or(logical).clamp(1, logical)
+    let cores = physical.unwrap_or(logical).clamp(1, logical);
+    // A container's CPU quota (cgroup v2 `cpu.max`) caps what it may use.
+    cgroup_cpus().map_or(cores, |q| cores.min(q.max(1)))
+}
+
+fn cgroup_cpus() -> Option<usize> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(path.trim_start_matches('/'))
+            .join("cpu.max"),
+    )
+    .ok()?;
+    let mut parts = max.split_whitespace();
+    let quota: f64 = parts.next()?.parse().ok()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    Some((quota / period).ceil() as usize)
 }
 
 /// Fixes the compute thread count for candle and rayon. Must run before either starts.
