@@ -3,14 +3,37 @@
 //! to f16, each key dot product accumulated in ggml's 4×16-lane order, an online softmax in f32,
 //! and the value accumulator kept in f16 (rounded after every fused multiply-add).
 
-use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
-/// Keys and values of one layer for one request: per KV head, `len` rows of `head_dim` f16s.
+/// `x` rounded to the nearest f16 (ties to even), as an f32: what an f16 store and load do.
+/// Branch-free so loops over it vectorize.
+#[inline(always)]
+pub fn round_f16(x: f32) -> f32 {
+    let b = x.to_bits();
+    let abs = b & 0x7fff_ffff;
+    // Normal f16 range: keep 10 mantissa bits, rounding the 13 dropped ones to nearest even.
+    let normal = f32::from_bits(b.wrapping_add(0x0fff + ((b >> 13) & 1)) & 0xffff_e000);
+    // Below 2^-14 f16 is subnormal, with a fixed step of 2^-24: adding 0.75 (whose ulp is
+    // 2^-24) makes the FPU round to that step.
+    let subnormal = (x + 0.75) - 0.75;
+    let r = if abs < 0x3880_0000 { subnormal } else { normal };
+    // Past f16's largest finite value everything rounds to infinity (NaN stays NaN).
+    if abs > 0x7f80_0000 {
+        x
+    } else if abs >= 0x477f_f000 {
+        f32::from_bits((b & 0x8000_0000) | 0x7f80_0000)
+    } else {
+        r
+    }
+}
+
+/// Keys and values of one layer for one request: per KV head, `len` rows of `head_dim` values,
+/// each rounded to f16 (llama.cpp's default cache type) and kept as f32 so attention reads them
+/// without conversions.
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     len: usize,
 }
 
@@ -24,12 +47,8 @@ impl LayerKv {
         let per_head = k.len() / kv_heads.max(1);
         for h in 0..kv_heads {
             let rows = h * per_head..(h + 1) * per_head;
-            let (kh, vh) = (&mut self.k[h], &mut self.v[h]);
-            let at = kh.len();
-            kh.resize(at + per_head, f16::ZERO);
-            vh.resize(at + per_head, f16::ZERO);
-            kh[at..].convert_from_f32_slice(&k[rows.clone()]);
-            vh[at..].convert_from_f32_slice(&v[rows]);
+            self.k[h].extend(k[rows.clone()].iter().map(|&x| round_f16(x)));
+            self.v[h].extend(v[rows].iter().map(|&x| round_f16(x)));
         }
         self.len += seq;
     }
@@ -43,7 +62,7 @@ impl LayerKv {
     }
 
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|h| h.capacity() * 2).sum()
+        self.k.iter().chain(&self.v).map(|h| h.capacity() * 4).sum()
     }
 }
 
@@ -71,38 +90,32 @@ pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> 
         let kvh = h / rep;
         let (keys, values) = (&kv.k[kvh], &kv.v[kvh]);
         // Q is rounded to f16 (ggml converts it to the keys' type for the dot product).
-        let mut qh = vec![f16::ZERO; hd];
-        qh.convert_from_f32_slice(&q[(h * seq + i) * hd..(h * seq + i + 1) * hd]);
-        let mut qf = vec![0f32; hd];
-        qh.convert_to_f32_slice(&mut qf);
-        let (mut kf, mut vf, mut accf) = (vec![0f32; hd], vec![0f32; hd], vec![0f32; hd]);
-        let mut acc = vec![f16::ZERO; hd];
+        let qf: Vec<f32> = q[(h * seq + i) * hd..(h * seq + i + 1) * hd]
+            .iter()
+            .map(|&x| round_f16(x))
+            .collect();
+        // The value accumulator holds f16 values (ggml keeps it in f16).
+        let acc = dst;
+        acc.fill(0.0);
         let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
         let first = s.window.map_or(0, |w| (qi + 1).saturating_sub(w));
         for j in first..=qi {
-            keys[j * hd..(j + 1) * hd].convert_to_f32_slice(&mut kf);
-            let score = crate::ops::dot_f16_lanes(&kf, &qf) * s.scale;
+            let score = crate::ops::dot_f16_lanes(&keys[j * hd..(j + 1) * hd], &qf) * s.scale;
             let (mut ms, mut vs) = (1f32, 1f32);
-            acc.convert_to_f32_slice(&mut accf);
             if score > max {
                 ms = (max - score).exp();
                 max = score;
-                for a in accf.iter_mut() {
-                    *a = f16::from_f32(*a * ms).to_f32();
-                }
+                acc.iter_mut().for_each(|a| *a = round_f16(*a * ms));
             } else {
                 vs = (score - max).exp();
             }
-            values[j * hd..(j + 1) * hd].convert_to_f32_slice(&mut vf);
-            for (a, &v) in accf.iter_mut().zip(&vf) {
-                *a = v.mul_add(vs, *a);
+            for (a, &v) in acc.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                *a = round_f16(v.mul_add(vs, *a));
             }
-            acc.convert_from_f32_slice(&accf);
             sum = sum.mul_add(ms, vs);
         }
-        acc.convert_to_f32_slice(dst);
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-        dst.iter_mut().for_each(|x| *x *= inv);
+        acc.iter_mut().for_each(|x| *x *= inv);
     };
     // Rows are independent; parallelize when there is enough work.
     let work = seq * nh * (pos + seq) * hd;
@@ -129,12 +142,12 @@ mod tests {
                 let first = s.window.map_or(0, |w| (qi + 1).saturating_sub(w));
                 let qv: Vec<f64> = q[(h * seq + i) * hd..][..hd]
                     .iter()
-                    .map(|&x| f16::from_f32(x).to_f64())
+                    .map(|&x| round_f16(x) as f64)
                     .collect();
                 let scores: Vec<f64> = (first..=qi)
                     .map(|j| {
                         let k = &kv.k[h / rep][j * hd..][..hd];
-                        k.iter().zip(&qv).map(|(a, b)| a.to_f64() * b).sum::<f64>() * s.scale as f64
+                        k.iter().zip(&qv).map(|(a, b)| *a as f64 * b).sum::<f64>() * s.scale as f64
                     })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -143,7 +156,7 @@ mod tests {
                 for d in 0..hd {
                     let v: f64 = (first..=qi)
                         .zip(&w)
-                        .map(|(j, wj)| kv.v[h / rep][j * hd + d].to_f64() * wj)
+                        .map(|(j, wj)| kv.v[h / rep][j * hd + d] as f64 * wj)
                         .sum();
                     out[(i * nh + h) * hd + d] = (v / z) as f32;
                 }
@@ -156,6 +169,44 @@ mod tests {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
             .collect()
+    }
+
+    #[test]
+    fn round_f16_equals_a_real_f16_round_trip() {
+        let mut x = 0x1234_5678u32;
+        let check = |v: f32| {
+            let want = half::f16::from_f32(v).to_f32();
+            let got = round_f16(v);
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "{v:e}: {got:e} vs {want:e}"
+            );
+        };
+        for _ in 0..2_000_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Bias towards f16's range, subnormals and ties.
+            let v = f32::from_bits(x);
+            check(v);
+            check(f32::from_bits((x & 0x81ff_ffff) | 0x3000_0000));
+            check(f32::from_bits((x & 0x807f_e000) | 0x3880_1000));
+        }
+        for v in [
+            0.0,
+            -0.0,
+            65504.0,
+            65519.0,
+            65520.0,
+            1e-8,
+            6.1e-5,
+            5.96e-8,
+            2.98e-8,
+            1.0 + 1.0 / 2048.0,
+        ] {
+            check(v);
+            check(-v);
+        }
     }
 
     #[test]

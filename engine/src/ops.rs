@@ -125,7 +125,8 @@ fn expf_ggml(x: f32) -> f32 {
         )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
                                                                   // j * 2^n, rounded once (as `_mm512_scalef_ps` does, subnormals included).
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52); // exact: |n| <= 192
+    (j as f64 * pow2) as f32
 }
 
 fn silu(x: f32) -> f32 {
