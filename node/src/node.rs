@@ -215,7 +215,7 @@ impl Node {
         Ok(self.topology.borrow().plan(model)?)
     }
 
-    /// Waits until `n` other nodes serving `model` are in the topology.
+    /// Waits until `n` other nodes serving `model`, and this node itself, are in the topology.
     pub async fn wait_for_peers(&self, model: &str, n: usize, timeout: Duration) -> Result<()> {
         let local = self.client.local_peer_id().to_string();
         let mut topo = self.topology.clone();
@@ -225,7 +225,9 @@ impl Node {
                 .count()
         };
         let reached = tokio::time::timeout(timeout, async {
-            topo.wait_for(|t| count(t) >= n).await.is_ok()
+            topo.wait_for(|t| count(t) >= n && t.nodes.contains_key(&local))
+                .await
+                .is_ok()
         })
         .await;
         match reached {
