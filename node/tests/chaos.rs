@@ -187,21 +187,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn a_hundred_concurrent_clients_complete_or_get_429_and_memory_returns() {
     let model = test_model(GEMMA);
     let model = model.to_str().unwrap();
-    let mut a = Node::new("a");
-    let mut b = Node::new("b");
-    let pa = a.addr();
-    a.start(&["--model", model, "--no-mdns", "--memory", "8G"]);
-    b.start(&[
-        "--model",
-        model,
-        "--no-mdns",
-        "--memory",
-        "8G",
-        "--peer",
-        &pa,
-    ]);
-    a.wait_ready();
-    b.wait_ready();
+    let (a, b) = pair(model, &["--memory", "8G"], &["--memory", "8G"]);
     a.wait_peers(&[&b], Duration::from_secs(30));
     // Warm up (shards loaded), then measure memory.
     request(&a.url(""), "Hello", false).unwrap();

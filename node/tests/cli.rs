@@ -1,26 +1,15 @@
 //! The `exo-p2p` binary as a user runs it: `run` on a real model, and its errors.
 
-use std::{path::PathBuf, process::Command};
+mod common;
+
+use std::process::Command;
+
+use common::test_model;
 
 fn exo() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_exo-p2p"));
     c.env_remove("RUST_LOG").env_remove("DEBUG");
     c
-}
-
-fn test_model(name: &str) -> PathBuf {
-    let dir = std::env::var("EXO_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/exo-p2p/test-models")
-        });
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/fetch-test-models.sh",
-        p.display()
-    );
-    p
 }
 
 fn reference(model: &str, prompt: &str) -> String {

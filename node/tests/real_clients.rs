@@ -90,30 +90,12 @@ fn openai_client_through_a_two_node_ring() {
     }
     let qwen = test_model(QWEN);
     let qwen = qwen.to_str().unwrap();
-    let mut a = Node::new("api");
-    let mut b = Node::new("layers");
-    let pa = a.addr();
     // The API node offers little memory, so the other node holds most layers.
-    a.start(&[
-        "--model",
+    let (a, _layers) = pair(
         qwen,
-        "--no-mdns",
-        "--memory",
-        "1G",
-        "--api-key",
-        "sekrit",
-    ]);
-    b.start(&[
-        "--model",
-        qwen,
-        "--no-mdns",
-        "--memory",
-        "8G",
-        "--peer",
-        &pa,
-    ]);
-    a.wait_ready();
-    b.wait_ready();
+        &["--memory", "1G", "--api-key", "sekrit"],
+        &["--memory", "8G"],
+    );
     // Topology needs the key too.
     wait_until(Duration::from_secs(30), "a 2-node ring", || {
         let resp = ureq::get(&a.url("/v1/topology"))

@@ -238,29 +238,11 @@ fn kv_requests(node: &Node) -> u64 {
 #[test]
 fn a_dead_drivers_caches_are_freed_after_the_idle_timeout() {
     let model = gemma();
-    let mut a = Node::new("a");
-    let mut driver = Node::new("driver");
-    let pa = a.addr();
-    a.start(&[
-        "--model",
+    let (a, mut driver) = pair(
         &model,
-        "--no-mdns",
-        "--memory",
-        "8G",
-        "--kv-idle-timeout",
-        "2",
-    ]);
-    driver.start(&[
-        "--model",
-        &model,
-        "--no-mdns",
-        "--memory",
-        "8G",
-        "--peer",
-        &pa,
-    ]);
-    a.wait_ready();
-    driver.wait_ready();
+        &["--memory", "8G", "--kv-idle-timeout", "2"],
+        &["--memory", "8G"],
+    );
     a.wait_peers(&[&driver], Duration::from_secs(30));
     driver.wait_peers(&[&a], Duration::from_secs(30));
     let rx = stream_completion(&driver, 200);
@@ -285,21 +267,7 @@ fn a_dead_drivers_caches_are_freed_after_the_idle_timeout() {
 #[test]
 fn a_client_that_disconnects_frees_every_shards_cache() {
     let model = gemma();
-    let mut a = Node::new("a");
-    let mut b = Node::new("b");
-    let pa = a.addr();
-    a.start(&["--model", &model, "--no-mdns", "--memory", "8G"]);
-    b.start(&[
-        "--model",
-        &model,
-        "--no-mdns",
-        "--memory",
-        "8G",
-        "--peer",
-        &pa,
-    ]);
-    a.wait_ready();
-    b.wait_ready();
+    let (a, b) = pair(&model, &["--memory", "8G"], &["--memory", "8G"]);
     a.wait_peers(&[&b], Duration::from_secs(30));
     b.wait_peers(&[&a], Duration::from_secs(30));
     {

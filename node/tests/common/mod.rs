@@ -305,6 +305,19 @@ impl Drop for Node {
     }
 }
 
+/// Two nodes serving `model` without mDNS, the second given the first as a peer; both ready.
+/// Each node's extra flags come after `--model MODEL --no-mdns`.
+pub fn pair(model: &str, a_args: &[&str], b_args: &[&str]) -> (Node, Node) {
+    let mut a = Node::new("a");
+    let mut b = Node::new("b");
+    let pa = a.addr();
+    a.start(&[&["--model", model, "--no-mdns"][..], a_args].concat());
+    b.start(&[&["--model", model, "--no-mdns", "--peer", &pa][..], b_args].concat());
+    a.wait_ready();
+    b.wait_ready();
+    (a, b)
+}
+
 /// A greedy completion through a node's API.
 pub fn complete(node: &Node, model: &str, prompt: &str, max_tokens: u32) -> String {
     let body = serde_json::json!({
