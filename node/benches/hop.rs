@@ -14,9 +14,9 @@ use libp2p::identity::Keypair;
 
 fn config(listen: &str, peers: Vec<libp2p::Multiaddr>) -> NetworkConfig {
     let mut c = NetworkConfig::new(Keypair::generate_ed25519());
-    c.listen = vec![listen.parse().unwrap()];
-    c.peers = peers;
-    c.mdns = false;
+    c.discovery.listen = vec![listen.parse().unwrap()];
+    c.discovery.peers = peers;
+    c.discovery.mdns = false;
     c
 }
 

@@ -6,7 +6,6 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, Context, Result};
 use exo_engine::RunnerLimits;
 use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, Plan};
-use libp2p::{pnet::PreSharedKey, Multiaddr};
 use tokio::sync::watch;
 
 use exo_engine::download::{DownloadTracker, Downloader, ModelStore, TerminalReporter};
@@ -18,7 +17,7 @@ use crate::{
     identity,
     metrics::Metrics,
     models::{self, ModelRegistry},
-    network::{self, Client, Inbound, NetworkConfig},
+    network::{self, Client, Discovery, Inbound, NetworkConfig},
     ring::Ring,
     sysinfo,
     topology::Topology,
@@ -28,13 +27,7 @@ pub struct NodeOptions {
     pub home: PathBuf,
     /// Models to serve: paths, or references to fetch (`owner/repo[:QUANT]`, catalog names).
     pub models: Vec<String>,
-    pub listen: Vec<Multiaddr>,
-    pub peers: Vec<Multiaddr>,
-    pub bootstrap: Vec<Multiaddr>,
-    pub relays: Vec<Multiaddr>,
-    pub mdns: bool,
-    pub tailscale: bool,
-    pub psk: Option<PreSharedKey>,
+    pub discovery: Discovery,
     /// Memory to advertise instead of the machine's.
     pub memory: Option<u64>,
     pub api_port: Option<u16>,
@@ -56,22 +49,15 @@ impl Node {
         let key = identity::load_or_create(&opts.home)?;
         // Peers worth waiting for when a model must be fetched: explicitly configured ones, or
         // the LAN's.
-        let peer_wait =
-            if !opts.peers.is_empty() || !opts.bootstrap.is_empty() || !opts.relays.is_empty() {
-                Duration::from_secs(8)
-            } else if opts.mdns {
-                Duration::from_secs(2)
-            } else {
-                Duration::ZERO
-            };
+        let peer_wait = if opts.discovery.has_explicit_peers() {
+            Duration::from_secs(8)
+        } else if opts.discovery.mdns {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        };
         let mut net = NetworkConfig::new(key);
-        net.listen = opts.listen;
-        net.peers = opts.peers;
-        net.bootstrap = opts.bootstrap;
-        net.relays = opts.relays;
-        net.mdns = opts.mdns;
-        net.tailscale = opts.tailscale;
-        net.psk = opts.psk;
+        net.discovery = opts.discovery.clone();
         let network::Network {
             client,
             activations: mut inbound,

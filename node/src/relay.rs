@@ -27,14 +27,14 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
     let key = identity::load_or_create(&home)?;
     let peer = key.public().to_peer_id();
     let mut cfg = NetworkConfig::new(key);
-    cfg.listen = if args.listen.is_empty() {
+    cfg.discovery.listen = if args.listen.is_empty() {
         default_listen(52416)
     } else {
         args.listen.clone()
     };
-    cfg.mdns = false;
+    cfg.discovery.mdns = false;
     cfg.relay_server = true;
-    cfg.psk = args
+    cfg.discovery.psk = args
         .swarm_key
         .as_deref()
         .map(private_swarm::read_key)

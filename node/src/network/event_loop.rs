@@ -98,21 +98,29 @@ fn is_quic(addr: &Multiaddr) -> bool {
 
 impl EventLoop {
     pub fn new(cfg: NetworkConfig, channels: Channels, client: Client) -> anyhow::Result<Self> {
-        let local = cfg.key.public().to_peer_id();
-        let private = cfg.psk.is_some();
+        let NetworkConfig {
+            key,
+            discovery: d,
+            relay_server,
+            request_timeout,
+            record_interval,
+            record_ttl,
+        } = cfg;
+        let local = key.public().to_peer_id();
+        let private = d.psk.is_some();
         let mut swarm = build_swarm(
-            cfg.key,
-            cfg.psk,
+            key,
+            d.psk,
             BehaviourConfig {
-                mdns: cfg.mdns,
-                relay_server: cfg.relay_server,
-                request_timeout: cfg.request_timeout,
+                mdns: d.mdns,
+                relay_server,
+                request_timeout,
             },
         )?;
         let topic = gossipsub::IdentTopic::new(CAPABILITY_TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         let mut tailscale_port = None;
-        for addr in &cfg.listen {
+        for addr in &d.listen {
             // QUIC has its own encryption and cannot carry the private-swarm handshake.
             if private && is_quic(addr) {
                 tracing::warn!(%addr, "not listening on QUIC in a private swarm");
@@ -126,10 +134,10 @@ impl EventLoop {
             }
         }
         let mut redialer = Redialer::default();
-        for addr in cfg.peers.iter().chain(&cfg.bootstrap).chain(&cfg.relays) {
+        for addr in d.peers.iter().chain(&d.bootstrap).chain(&d.relays) {
             redialer.add(addr.clone());
         }
-        for addr in &cfg.bootstrap {
+        for addr in &d.bootstrap {
             if let Some(peer) = discovery::peer_of(addr) {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
@@ -148,15 +156,15 @@ impl EventLoop {
             record: None,
             seq: 0,
             last_publish: Instant::now(),
-            record_interval: cfg.record_interval,
-            record_ttl: cfg.record_ttl,
+            record_interval,
+            record_ttl,
             pending: HashMap::new(),
             connections: HashMap::new(),
             redialer,
-            bootstrap: cfg.bootstrap,
-            relays: cfg.relays,
+            bootstrap: d.bootstrap,
+            relays: d.relays,
             relay_listening: HashSet::new(),
-            tailscale: cfg
+            tailscale: d
                 .tailscale
                 .then_some(tailscale_port.unwrap_or(DEFAULT_PORT)),
             private,

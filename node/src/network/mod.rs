@@ -24,8 +24,9 @@ pub use codec::Inbound;
 
 use crate::topology::Topology;
 
-pub struct NetworkConfig {
-    pub key: Keypair,
+/// Where a node listens and how it finds and admits peers.
+#[derive(Clone, Default)]
+pub struct Discovery {
     pub listen: Vec<Multiaddr>,
     /// Static peers, redialled with backoff when they drop.
     pub peers: Vec<Multiaddr>,
@@ -37,6 +38,18 @@ pub struct NetworkConfig {
     pub tailscale: bool,
     /// Private swarm key: only nodes holding it can connect.
     pub psk: Option<PreSharedKey>,
+}
+
+impl Discovery {
+    /// Whether peers were named explicitly (worth waiting for when a model must be fetched).
+    pub fn has_explicit_peers(&self) -> bool {
+        !self.peers.is_empty() || !self.bootstrap.is_empty() || !self.relays.is_empty()
+    }
+}
+
+pub struct NetworkConfig {
+    pub key: Keypair,
+    pub discovery: Discovery,
     /// Run a relay server (relay nodes).
     pub relay_server: bool,
     pub request_timeout: Duration,
@@ -50,13 +63,10 @@ impl NetworkConfig {
     pub fn new(key: Keypair) -> Self {
         Self {
             key,
-            listen: Vec::new(),
-            peers: Vec::new(),
-            bootstrap: Vec::new(),
-            relays: Vec::new(),
-            mdns: true,
-            tailscale: false,
-            psk: None,
+            discovery: Discovery {
+                mdns: true,
+                ..Discovery::default()
+            },
             relay_server: false,
             request_timeout: Duration::from_secs(120),
             record_interval: Duration::from_secs(2),
