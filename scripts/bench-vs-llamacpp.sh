@@ -2,10 +2,10 @@
 # Prompt processing (pp128) and generation (tg64) speed of exo's engine against llama.cpp's
 # llama-bench, on both test models, in one run. Usage: scripts/bench-vs-llamacpp.sh
 #
-# llama.cpp comes from the llama-cpp-python 0.3.36 source distribution on PyPI (it vendors
-# llama.cpp); llama-bench is built once with -DGGML_NATIVE=ON and cached under
-# ~/.cache/exo-p2p/llama.cpp. exo's figures come from `engine/examples/bench.rs`, once with the
-# best kernels the CPU has and once with EXO_NO_AVX512=1 (256-bit kernels only).
+# llama-bench is built by scripts/llamacpp.sh twice: natively (-DGGML_NATIVE=ON, AVX-512 on this
+# CPU) and without AVX-512. exo's figures come from `engine/examples/bench.rs`, once with the
+# best kernels the CPU has and once with EXO_NO_AVX512=1 (256-bit kernels only); each exo column
+# is compared with the llama.cpp build of the same instruction sets.
 #
 # Every figure is the best of ROUNDS rounds, each of REPS repetitions (llama-bench's average,
 # exo's best), with the contenders interleaved, so that a burst of other work on the machine
@@ -14,33 +14,20 @@
 # Environment: THREADS (default 2), REPS (3), ROUNDS (2), PP (128), TG (64), EXO_TEST_MODELS.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/llamacpp.sh
+. "$root/scripts/llamacpp.sh"
 threads=${THREADS:-2}
 reps=${REPS:-3}
 rounds=${ROUNDS:-2}
 pp=${PP:-128}
 tg=${TG:-64}
 models_dir=${EXO_TEST_MODELS:-$HOME/.cache/exo-p2p/test-models}
-cache=$HOME/.cache/exo-p2p/llama.cpp
-ver=0.3.36
 py=$(command -v python3 || command -v python)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-bench_bin="$cache/$ver/build/bin/llama-bench"
-if [ ! -x "$bench_bin" ]; then
-  echo "building llama-bench (llama-cpp-python $ver sdist, once)..." >&2
-  mkdir -p "$cache/$ver"
-  tmp=$work/sdist
-  mkdir -p "$tmp"
-  "$py" -m pip download -q --no-deps --no-binary llama-cpp-python -d "$tmp" "llama-cpp-python==$ver" >&2
-  tar -xzf "$tmp"/llama_cpp_python-"$ver".tar.gz -C "$tmp"
-  rm -rf "$cache/$ver/src"
-  mv "$tmp/llama_cpp_python-$ver/vendor/llama.cpp" "$cache/$ver/src"
-  cmake -S "$cache/$ver/src" -B "$cache/$ver/build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF >&2
-  nice -n 5 cmake --build "$cache/$ver/build" --target llama-bench -j "$threads" >&2
-fi
+bench_native=$(llamacpp_bin native llama-bench)
+bench_avx2=$(llamacpp_bin avx2 llama-bench)
 
 echo "building exo's bench example..." >&2
 (cd "$root" && nice -n 5 cargo build -q --release -p exo-engine --example bench >&2)
@@ -52,13 +39,16 @@ for m in gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
   path="$models_dir/$m"
   [ -f "$path" ] || { echo "missing $path: run scripts/fetch-test-models.sh" >&2; exit 1; }
   echo "round $round: measuring $m..." >&2
-  "$bench_bin" -m "$path" -p "$pp" -n "$tg" -t "$threads" -r "$reps" -o json 2>/dev/null \
-    | "$py" -c '
+  for variant in native avx2; do
+    if [ "$variant" = native ]; then bin=$bench_native; who=llama.cpp; else bin=$bench_avx2; who="llama.cpp no-avx512"; fi
+    "$bin" -m "$path" -p "$pp" -n "$tg" -t "$threads" -r "$reps" -o json 2>/dev/null \
+      | "$py" -c '
 import json, sys
 for r in json.load(sys.stdin):
     t = "pp" if r["n_prompt"] > 0 else "tg"
-    print(json.dumps({"who": "llama.cpp", "model": sys.argv[1], "test": t, "tok_s": r["avg_ts"]}))
-' "$m" >> "$out"
+    print(json.dumps({"who": sys.argv[2], "model": sys.argv[1], "test": t, "tok_s": r["avg_ts"]}))
+' "$m" "$who" >> "$out"
+  done
   for mode in avx512 no-avx512; do
     if [ "$mode" = no-avx512 ]; then export EXO_NO_AVX512=1; else unset EXO_NO_AVX512; fi
     RAYON_NUM_THREADS=$threads "$exo_bin" "$path" --pp "$pp" --tg "$tg" --reps "$reps" \
@@ -80,11 +70,13 @@ pp, tg, threads = sys.argv[2], sys.argv[3], sys.argv[4]
 get = lambda who, m, t: max(r["tok_s"] for r in rows if r["who"] == who and r["model"] == m and r["test"] == t)
 models = sorted({r["model"] for r in rows})
 print(f"tokens/s, {threads} threads, best of {sys.argv[5]} rounds; ratio = exo / llama.cpp")
-print(f"{'model':42} {'test':6} {'llama.cpp':>10} {'exo':>9} {'ratio':>6} {'exo no-avx512':>14} {'ratio':>6}")
+print("ratios: exo / native llama.cpp; last column: exo no-avx512 / llama.cpp built without AVX-512")
+print(f"{'model':42} {'test':6} {'llama.cpp':>10} {'exo':>9} {'ratio':>6} {'exo no-avx512':>14} {'ratio':>6} {'llama.cpp no-avx512':>20} {'ratio':>6}")
 for m in models:
     for t, n in (("pp", pp), ("tg", tg)):
         l = get("llama.cpp", m, t)
         a = get("exo avx512", m, t)
         b = get("exo no-avx512", m, t)
-        print(f"{m:42} {t + n:6} {l:10.1f} {a:9.1f} {a / l:6.2f} {b:14.1f} {b / l:6.2f}")
+        l2 = get("llama.cpp no-avx512", m, t)
+        print(f"{m:42} {t + n:6} {l:10.1f} {a:9.1f} {a / l:6.2f} {b:14.1f} {b / l:6.2f} {l2:20.1f} {b / l2:6.2f}")
 EOF

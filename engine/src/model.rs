@@ -59,8 +59,8 @@ pub enum ShardInput<'a> {
 pub enum Logits {
     /// Only the last position (generation).
     Last,
-    /// Every position (perplexity, tests).
-    All,
+    /// Every position from this index on (perplexity, tests; `From(0)` is every position).
+    From(usize),
 }
 
 pub struct ShardModel {
@@ -287,7 +287,10 @@ impl ShardModel {
             Some(head) => {
                 let x = match logits {
                     Logits::Last => last_position(&x)?,
-                    Logits::All => x,
+                    Logits::From(start) => {
+                        let start = start.min(seq);
+                        x.narrow(1, start, seq - start)?
+                    }
                 };
                 Ok(head.forward(&x)?)
             }

@@ -236,6 +236,11 @@ impl TextTokenizer {
         self.bos
     }
 
+    /// Whether the model's metadata asks for BOS at the start of a text.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
     pub fn token_text(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

@@ -287,7 +287,7 @@ fn chained(path: &Path, ranges: &[LayerRange], tokens: &[u32]) -> Tensor {
             None => ShardInput::Tokens(tokens),
             Some(h) => ShardInput::Hidden(h),
         };
-        x = Some(shard.forward(input, &mut cache, Logits::All).unwrap());
+        x = Some(shard.forward(input, &mut cache, Logits::From(0)).unwrap());
     }
     x.unwrap()
 }
@@ -328,10 +328,10 @@ fn check_arch(path: &Path) {
     for len in [5, 3, 1, 1, 1, 1] {
         let chunk = &tokens[start..start + len];
         let h = shards[0]
-            .forward(ShardInput::Tokens(chunk), &mut caches[0], Logits::All)
+            .forward(ShardInput::Tokens(chunk), &mut caches[0], Logits::From(0))
             .unwrap();
         let l = shards[1]
-            .forward(ShardInput::Hidden(h), &mut caches[1], Logits::All)
+            .forward(ShardInput::Hidden(h), &mut caches[1], Logits::From(0))
             .unwrap();
         rows.push(l);
         start += len;
@@ -456,11 +456,15 @@ fn a_new_range_reuses_the_layers_already_loaded() {
         .forward(
             ShardInput::Tokens(&tokens),
             &mut grown.new_cache(),
-            Logits::All,
+            Logits::From(0),
         )
         .unwrap();
     let got = rest
-        .forward(ShardInput::Hidden(h), &mut rest.new_cache(), Logits::All)
+        .forward(
+            ShardInput::Hidden(h),
+            &mut rest.new_cache(),
+            Logits::From(0),
+        )
         .unwrap();
     let want = chained(&path, &[LayerRange::full(n)], &tokens);
     assert!(max_diff(&got, &want) <= 1e-5);

@@ -36,6 +36,9 @@ pub enum Command {
     Run(RunArgs),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(BenchArgs),
+    /// Measure a model's perplexity on a text file, as llama.cpp's llama-perplexity does
+    /// (chunks of --ctx tokens, the second half of each scored).
+    Perplexity(PerplexityArgs),
     /// Print this node's peer id (creating its identity on first use).
     Id,
     /// Manage the models in EXO_HOME: list, pull, rm, catalog.
@@ -273,6 +276,23 @@ impl MeshArgs {
             || self.join.is_some()
             || self.tailscale
     }
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    /// Model: a .gguf file, a safetensors directory, `owner/repo[:QUANT]` or a known name.
+    pub model: String,
+    /// A UTF-8 text file (e.g. wikitext-2's wiki.test.raw).
+    pub file: PathBuf,
+    /// Tokens per chunk (llama-perplexity's -c).
+    #[arg(short = 'c', long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Evaluate at most this many chunks (llama-perplexity's --chunks; default all).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Print the result as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod models;
 pub mod network;
 pub mod node;
+pub mod perplexity;
 pub mod private_swarm;
 pub mod relay;
 pub mod ring;

@@ -7,13 +7,13 @@ use clap::Parser;
 use exo_p2p::{
     bench,
     cli::{Cli, Command},
-    identity, logging, models, relay, run, serve, threads,
+    identity, logging, models, perplexity, relay, run, serve, threads,
 };
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run(_) | Command::Bench(_) | Command::Id => "warn",
+        Command::Run(_) | Command::Bench(_) | Command::Perplexity(_) | Command::Id => "warn",
         Command::Keygen(_) | Command::Invite(_) | Command::Models(_) => "warn",
         Command::Serve(_) | Command::Relay(_) => "info",
     };
@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Bench(args) => runtime().block_on(bench::bench(args, threads)),
         Command::Run(args) => runtime().block_on(run::run(args, threads)),
+        Command::Perplexity(args) => runtime().block_on(perplexity::perplexity(args)),
         Command::Serve(args) => runtime().block_on(serve::serve(args, threads)),
         Command::Relay(args) => runtime().block_on(relay::relay(args)),
         Command::Keygen(args) => relay::keygen(args),

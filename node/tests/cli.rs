@@ -149,3 +149,35 @@ fn version_names_the_commit() {
     let v = String::from_utf8(out.stdout).unwrap();
     assert!(v.starts_with("exo-p2p 0.") && v.contains('('), "{v}");
 }
+
+#[test]
+fn perplexity_reports_progress_and_a_final_estimate() {
+    let text = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/kjv-genesis-1-8.txt"
+    );
+    let out = exo()
+        .arg("perplexity")
+        .arg(test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+        .arg(text)
+        .args(["-c", "64", "--chunks", "3", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // llama-perplexity's running figures, one per chunk.
+    assert!(stderr.contains("[1]") && stderr.contains("[3]"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["chunks"], 3);
+    assert_eq!(r["scored_tokens"], 3 * 31);
+    let ppl = r["ppl"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 100.0, "{r}");
+
+    let out = exo()
+        .arg("perplexity")
+        .arg(test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+        .arg("/nonexistent/text.txt")
+        .output()
+        .unwrap();
+    assert_one_line_error(out, "/nonexistent/text.txt");
+}

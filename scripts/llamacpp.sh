@@ -1,0 +1,40 @@
+# Sourced by the scripts that compare exo with llama.cpp. `llamacpp_bin VARIANT TARGET` builds
+# TARGET (llama-bench, llama-perplexity, ...) once and prints its path.
+#
+# llama.cpp comes from the llama-cpp-python 0.3.36 source distribution on PyPI (it vendors
+# llama.cpp), cached under ~/.cache/exo-p2p/llama.cpp. VARIANT `native` is built with
+# -DGGML_NATIVE=ON (every instruction set this CPU has, AVX-512 included); `avx2` without
+# AVX-512 (AVX2, AVX-VNNI, FMA, F16C), to compare with exo's EXO_NO_AVX512=1 kernels.
+LLAMACPP_VER=0.3.36
+LLAMACPP_CACHE=$HOME/.cache/exo-p2p/llama.cpp
+
+llamacpp_bin() {
+  local variant=$1 target=$2 threads=${THREADS:-2}
+  local src=$LLAMACPP_CACHE/$LLAMACPP_VER/src build=$LLAMACPP_CACHE/$LLAMACPP_VER/build
+  [ "$variant" = native ] || build=$build-$variant
+  if [ ! -f "$src/CMakeLists.txt" ]; then
+    echo "fetching llama.cpp (llama-cpp-python $LLAMACPP_VER sdist, once)..." >&2
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --no-binary llama-cpp-python -d "$tmp" \
+      "llama-cpp-python==$LLAMACPP_VER" >&2
+    tar -xzf "$tmp/llama_cpp_python-$LLAMACPP_VER.tar.gz" -C "$tmp"
+    mkdir -p "$LLAMACPP_CACHE/$LLAMACPP_VER"
+    rm -rf "$src"
+    mv "$tmp/llama_cpp_python-$LLAMACPP_VER/vendor/llama.cpp" "$src"
+    rm -rf "$tmp"
+  fi
+  if [ ! -x "$build/bin/$target" ]; then
+    echo "building llama.cpp's $target ($variant, once)..." >&2
+    local flags=(-DGGML_NATIVE=ON)
+    if [ "$variant" = avx2 ]; then
+      flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON
+        -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF)
+    fi
+    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+      "${flags[@]}" >&2
+    nice -n 5 cmake --build "$build" --target "$target" -j "$threads" >&2
+  fi
+  echo "$build/bin/$target"
+}
