@@ -171,6 +171,33 @@ impl Wan {
         let out = cmd.output().ok()?;
         serde_json::from_slice(&out.stdout).ok()
     }
+
+    /// `peer`'s connection kind ("direct" or "relayed") in `host`'s /v1/topology.
+    fn connection(&self, host: &str, peer: &str) -> Option<String> {
+        let topo = self.http(host, 52415, "/v1/topology", None)?;
+        let entry = topo["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["peer_id"] == peer)?
+            .clone();
+        entry["connection"].as_str().map(str::to_string)
+    }
+
+    /// A 24-token greedy completion from `host`'s API, which must equal `expected`, after a
+    /// one-token warm-up that loads the shards; returns its tokens per second.
+    fn completion_tok_s(&self, host: &str, prompt: &str, expected: &str) -> f64 {
+        let body = |n: u32| serde_json::json!({"model": "gemma-3-270m-q4_k_m", "prompt": prompt, "max_tokens": n, "temperature": 0});
+        self.http(host, 52415, "/v1/completions", Some(&body(1)))
+            .expect("warm-up completion");
+        let start = Instant::now();
+        let resp = self
+            .http(host, 52415, "/v1/completions", Some(&body(24)))
+            .expect("completion over the ring");
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(resp["choices"][0]["text"].as_str().unwrap(), expected);
+        assert_eq!(resp["usage"]["completion_tokens"], 24);
+        24.0 / secs
+    }
 }
 
 fn peer_id(home: &std::path::Path) -> String {
@@ -279,6 +306,23 @@ fn ring_through_the_relay_when_hole_punching_is_blocked() {
         "punching should have been impossible"
     );
     assert!(log_has(&h1_log, "relay reservation accepted"));
+
+    // The same two hosts as serving nodes: generation speed over the relayed ring.
+    let h2_id = peer_id(&h2_home);
+    w.spawn(
+        "h2",
+        "h2",
+        &serve_args(model, &relay, "52415", &[]),
+        &h2_home,
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "h2 in h1's topology through the relay",
+        || (w.connection("h1", &h2_id)? == "relayed").then_some(()),
+    );
+    let tok_s = w.completion_tok_s("h1", prompt, &expected);
+    assert_eq!(w.connection("h1", &h2_id).as_deref(), Some("relayed"));
+    eprintln!("relayed ring: {tok_s:.1} tok/s (24 tokens, shards loaded)");
 }
 
 #[test]
@@ -326,25 +370,11 @@ fn hole_punching_upgrades_the_ring_to_a_direct_connection() {
     wait_until(
         Duration::from_secs(20),
         "a direct connection in /v1/topology",
-        || {
-            let topo = w.http("h1", 52415, "/v1/topology", None)?;
-            let entry = topo["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["peer_id"] == h2_id.as_str())?
-                .clone();
-            (entry["connection"] == "direct").then_some(())
-        },
+        || (w.connection("h1", &h2_id)? == "direct").then_some(()),
     );
-    let body = serde_json::json!({"model": "gemma-3-270m-q4_k_m", "prompt": prompt, "max_tokens": 24, "temperature": 0});
-    let start = Instant::now();
-    let resp = w
-        .http("h1", 52415, "/v1/completions", Some(&body))
-        .expect("completion over the direct ring");
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(resp["choices"][0]["text"].as_str().unwrap(), expected);
+    let tok_s = w.completion_tok_s("h1", prompt, &expected);
     eprintln!(
-        "ring through relay after {formed:?}, direct after {punched:?}; 24 tokens over the direct ring in {secs:.2}s"
+        "ring through relay after {formed:?}, direct after {punched:?}; direct ring: {tok_s:.1} tok/s (24 tokens, shards loaded)"
     );
 }
 

@@ -43,7 +43,11 @@ impl Netns {
         let names: Vec<String> = names.iter().map(|n| format!("{prefix}-{n}")).collect();
         let ns = Netns { names };
         for n in &ns.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
+            // A leftover from an interrupted run would make `add` fail.
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
             sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
         }
         ns
