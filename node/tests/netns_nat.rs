@@ -133,6 +133,17 @@ impl Wan {
         log
     }
 
+    /// `exo-p2p serve` of the gemma test model on `host` (API on 52415), through `relay`.
+    fn serve(&mut self, host: &str, relay: &str, home: &std::path::Path) -> std::path::PathBuf {
+        let model = test_model(GEMMA);
+        self.spawn(
+            host,
+            host,
+            &serve_args(model.to_str().unwrap(), relay, "52415", &[]),
+            home,
+        )
+    }
+
     fn start_relay(&mut self) -> String {
         let home = temp_dir("relay");
         let id = peer_id(&home);
@@ -252,12 +263,7 @@ fn ring_through_the_relay_when_hole_punching_is_blocked() {
     let mut w = wan("blk", true);
     let relay = w.start_relay();
     let h1_home = temp_dir("h1");
-    let h1_log = w.spawn(
-        "h1",
-        "h1",
-        &serve_args(model, &relay, "52415", &[]),
-        &h1_home,
-    );
+    let h1_log = w.serve("h1", &relay, &h1_home);
     let t = Instant::now();
     // h2 joins through the relay and runs the prompt over the ring of both hosts.
     let h2_home = temp_dir("h2");
@@ -309,12 +315,7 @@ fn ring_through_the_relay_when_hole_punching_is_blocked() {
 
     // The same two hosts as serving nodes: generation speed over the relayed ring.
     let h2_id = peer_id(&h2_home);
-    w.spawn(
-        "h2",
-        "h2",
-        &serve_args(model, &relay, "52415", &[]),
-        &h2_home,
-    );
+    w.serve("h2", &relay, &h2_home);
     wait_until(
         Duration::from_secs(60),
         "h2 in h1's topology through the relay",
@@ -330,8 +331,6 @@ fn hole_punching_upgrades_the_ring_to_a_direct_connection() {
     if !common::netns::available("hole_punching_upgrades_the_ring_to_a_direct_connection") {
         return;
     }
-    let model = test_model(GEMMA);
-    let model = model.to_str().unwrap();
     let prompt = "The quick brown fox";
     let expected = run_single(&test_model(GEMMA), prompt, 24);
     let mut w = wan("pun", false);
@@ -339,18 +338,8 @@ fn hole_punching_upgrades_the_ring_to_a_direct_connection() {
     let t = Instant::now();
     let (h1_home, h2_home) = (temp_dir("h1"), temp_dir("h2"));
     let h2_id = peer_id(&h2_home);
-    let h1_log = w.spawn(
-        "h1",
-        "h1",
-        &serve_args(model, &relay, "52415", &[]),
-        &h1_home,
-    );
-    let h2_log = w.spawn(
-        "h2",
-        "h2",
-        &serve_args(model, &relay, "52415", &[]),
-        &h2_home,
-    );
+    let h1_log = w.serve("h1", &relay, &h1_home);
+    let h2_log = w.serve("h2", &relay, &h2_home);
     wait_until(
         Duration::from_secs(60),
         "the hosts to see each other through the relay",
