@@ -437,6 +437,8 @@ fn kernels_on_model_shapes() {
     for (ty, n, j, m) in [
         (WeightType::Q5_0, 40, 28, 1),
         (WeightType::Q5_0, 37, 20, 13),
+        (WeightType::Q5_0, 75, 3, 11),
+        (WeightType::Q5_1, 75, 3, 10),
         (WeightType::Q8_0, 24, 28, 5),
         (WeightType::Q4K, 16, 4, 6),
         (WeightType::Q4K, 12, 8, 3),

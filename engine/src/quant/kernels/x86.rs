@@ -452,6 +452,9 @@ pub(crate) struct Rows<'a, A> {
     pub a: &'a [A],
     pub d: &'a [f32],
     pub ns: &'a [[i32; 8]],
+    /// The negated 4-sums times the weight's `OFFSET`, for [`tile_w32_t`] (empty where that
+    /// kernel does not run).
+    pub corr: &'a [[i32; 8]],
 }
 impl<A> Clone for Rows<'_, A> {
     fn clone(&self) -> Self {
@@ -466,6 +469,7 @@ impl<A> Skip for Rows<'_, A> {
             a: &self.a[blocks..],
             d: &self.d[blocks..],
             ns: self.ns.get(blocks..).unwrap_or(&[]),
+            corr: self.corr.get(blocks..).unwrap_or(&[]),
         }
     }
 }
@@ -548,6 +552,24 @@ unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
         sweep!(tile_w32_block, [W, A, D], 4, 2, w, a, nb, m, o);
     } else if m == 1 {
         sweep!(tile_w32_lanes, [W, A, D], 4, 1, w, a, nb, m, o);
+    } else if m >= PREDECODE_MIN_ROWS
+        && transposes::<W, D>()
+        && (W::OFFSET == 0 || !a.corr.is_empty())
+    {
+        // Many activation rows: decode the weights once, eight rows per vector, a panel of
+        // rows at a time so that they stay in cache while every activation row passes.
+        let rows = w.len() / nb;
+        let full = rows - rows % 8;
+        let mut dec = Vec::new();
+        for j in (0..full).step_by(PANEL_ROWS) {
+            let j1 = (j + PANEL_ROWS).min(full);
+            predecode8(&w[j * nb..j1 * nb], nb, &mut dec);
+            sweep_t::<W, A, D>(&dec, a, nb, m, o.offset_cols(j));
+        }
+        if full < rows {
+            let dec = predecode(&w[full * nb..]);
+            sweep!(tile_w32_lanes, [Decoded<W>, A, D], 3, 6, &dec[..], a, nb, m, o.offset_cols(full));
+        }
     } else if m >= PREDECODE_MIN_ROWS {
         // Many activation rows: decode this chunk's weights once.
         let dec = predecode(w);
@@ -564,6 +586,184 @@ pub(crate) const PREDECODE_MIN_ROWS: usize = 8;
 pub(crate) unsafe fn predecode<W: W32>(w: &[W]) -> Vec<Decoded<W>> {
     w.iter().map(|b| Decoded::of(b)).collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Prompts: eight weight rows per vector
+
+/// Whether [`tile_w32_t`] can take this weight: its unsigned bytes must not saturate `maddubs`.
+pub(crate) const fn transposes<W: W32, D: Dot>() -> bool {
+    !(D::SATURATES && W::OFFSET >= 128)
+}
+
+/// Block `b` of eight weight rows, decoded and transposed: `u[l]` holds bytes `4l..4l+4` of
+/// each row's unsigned form, row `r` in 32-bit lane `r`. One `dpbusd` against a broadcast
+/// activation word then gives lane `l` of all eight rows' integer sums, and one multiply gives
+/// the eight rows' scale products.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Decoded8 {
+    u: [[u32; 8]; 8],
+    d: [f32; 8],
+    m: [f32; 8],
+}
+
+/// Groups of eight rows of `w` (a multiple of eight rows of `nb` blocks), block by block, into
+/// `out`.
+#[inline(always)]
+unsafe fn predecode8<W: W32>(w: &[W], nb: usize, out: &mut Vec<Decoded8>) {
+    out.clear();
+    let groups = w.len() / nb / 8;
+    for g in 0..groups {
+        for b in 0..nb {
+            let mut t = Decoded8 {
+                u: [[0; 8]; 8],
+                d: [0.0; 8],
+                m: [0.0; 8],
+            };
+            for r in 0..8 {
+                let blk = w.get_unchecked((8 * g + r) * nb + b);
+                let mut words = [0u32; 8];
+                _mm256_storeu_si256(words.as_mut_ptr() as *mut __m256i, blk.load_u());
+                for l in 0..8 {
+                    t.u[l][r] = words[l];
+                }
+                t.d[r] = blk.d_f32();
+                if W::HAS_MIN {
+                    t.m[r] = blk.m_f32();
+                }
+            }
+            out.push(t);
+        }
+    }
+}
+
+/// Weight rows decoded together by [`predecode8`]: few enough to stay in the L2 cache.
+const PANEL_ROWS: usize = 64;
+
+/// `8 * G` weight rows by `RA` activation rows with transposed weights: pair `(8g + r, i)` keeps
+/// ggml's eight f32 lane accumulators in lane `r` of `acc[g][i][0..8]` and sees exactly the
+/// operations of [`tile_w32`], folded at the end in [`hsum8`]'s order. Returns
+/// `out[g][i][r]`.
+#[inline(always)]
+unsafe fn tile_w32_t<W: W32, A: A32, D: Dot, const G: usize, const RA: usize>(
+    w: &[Decoded8],
+    rows: Rows<'_, A>,
+    nb: usize,
+) -> [[[f32; 8]; RA]; G] {
+    let mut acc = [[[_mm256_setzero_ps(); 8]; RA]; G];
+    let mut accm = [[_mm256_setzero_ps(); RA]; G];
+    for b in 0..nb {
+        let wb: [&Decoded8; G] = std::array::from_fn(|g| w.get_unchecked(g * nb + b));
+        let ab: [&A; RA] = std::array::from_fn(|i| rows.a.get_unchecked(i * nb + b));
+        let mut d = [[_mm256_setzero_ps(); RA]; G];
+        for i in 0..RA {
+            let da = _mm256_set1_ps(*rows.d.get_unchecked(i * nb + b));
+            for g in 0..G {
+                d[g][i] = _mm256_mul_ps(_mm256_load_ps(wb[g].d.as_ptr()), da);
+            }
+        }
+        for l in 0..8 {
+            let u: [__m256i; G] =
+                std::array::from_fn(|g| load256(wb[g].u[l].as_ptr() as *const u8));
+            for i in 0..RA {
+                let word = (ab[i].qs().as_ptr().add(4 * l) as *const i32).read_unaligned();
+                let s = _mm256_set1_epi32(word);
+                for g in 0..G {
+                    let init = if W::OFFSET == 0 {
+                        _mm256_setzero_si256()
+                    } else {
+                        _mm256_set1_epi32(*rows.corr.get_unchecked(i * nb + b).get_unchecked(l))
+                    };
+                    let isum = D::dpbusd(init, u[g], s);
+                    acc[g][i][l] = _mm256_fmadd_ps(d[g][i], _mm256_cvtepi32_ps(isum), acc[g][i][l]);
+                }
+            }
+        }
+        if W::HAS_MIN {
+            for i in 0..RA {
+                let sa = _mm256_set1_ps(f16x1(ab[i].s_bits()));
+                for g in 0..G {
+                    accm[g][i] = _mm256_fmadd_ps(_mm256_load_ps(wb[g].m.as_ptr()), sa, accm[g][i]);
+                }
+            }
+        }
+    }
+    let mut out = [[[0f32; 8]; RA]; G];
+    for g in 0..G {
+        for i in 0..RA {
+            let t = &acc[g][i];
+            let sum = _mm256_add_ps(
+                _mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+                _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])),
+            );
+            let sum = if W::HAS_MIN {
+                _mm256_add_ps(sum, accm[g][i])
+            } else {
+                sum
+            };
+            _mm256_storeu_ps(out[g][i].as_mut_ptr(), sum);
+        }
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn store_t<const G: usize, const RA: usize>(
+    t: &[[[f32; 8]; RA]; G],
+    o: OutPtr,
+    i0: usize,
+    j0: usize,
+) {
+    for g in 0..G {
+        for i in 0..RA {
+            for r in 0..8 {
+                o.set(i0 + i, j0 + 8 * g + r, t[g][i][r]);
+            }
+        }
+    }
+}
+
+/// Sweeps transposed weights (all of the chunk's rows, a multiple of eight) with
+/// [`tile_w32_t`].
+#[inline(always)]
+unsafe fn sweep_t<W: W32, A: A32, D: Dot>(
+    w: &[Decoded8],
+    a: Rows<'_, A>,
+    nb: usize,
+    m: usize,
+    o: OutPtr,
+) {
+    const G: usize = T_GROUPS;
+    const RA: usize = T_ROWS;
+    let groups = w.len() / nb;
+    let mut i = 0;
+    while i < m {
+        let ab = a.skip(i * nb);
+        let full = m - i >= RA;
+        let mut g = 0;
+        while g < groups {
+            let wb = &w[g * nb..];
+            match (groups - g >= G, full) {
+                (true, true) => store_t(&tile_w32_t::<W, A, D, G, RA>(wb, ab, nb), o, i, 8 * g),
+                (true, false) => store_t(&tile_w32_t::<W, A, D, G, 1>(wb, ab, nb), o, i, 8 * g),
+                (false, true) => store_t(&tile_w32_t::<W, A, D, 1, RA>(wb, ab, nb), o, i, 8 * g),
+                (false, false) => store_t(&tile_w32_t::<W, A, D, 1, 1>(wb, ab, nb), o, i, 8 * g),
+            }
+            g += if groups - g >= G { G } else { 1 };
+        }
+        i += if full { RA } else { 1 };
+    }
+}
+
+/// Tile of [`sweep_t`]: groups of eight weight rows by activation rows. Three activation rows
+/// keep 24 accumulators in registers, which needs AVX-512's 32 (the 256-bit kernels use them
+/// when the whole build targets such a CPU); with 16 registers, one.
+const T_GROUPS: usize = 1;
+const T_ROWS: usize = if cfg!(target_feature = "avx512f") {
+    3
+} else {
+    1
+};
 
 // ---------------------------------------------------------------------------------------------
 // k-quants against Q8_K activations
@@ -952,16 +1152,28 @@ fn w32<W: W32, A: A32>(
     out: &mut [f32],
 ) {
     let w = cast::<W>(bytes);
+    let corr: Vec<[i32; 8]> = if m >= PREDECODE_MIN_ROWS && W::OFFSET != 0 {
+        let shift = W::OFFSET.trailing_zeros();
+        ns.iter().map(|v| v.map(|x| x << shift)).collect()
+    } else {
+        Vec::new()
+    };
+    let rows = Rows {
+        a,
+        d: ad,
+        ns,
+        corr: &corr,
+    };
     // SAFETY (all arms): `isa` was checked against the CPU by the caller.
     match isa {
-        Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_evex::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
+        Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
+            e_evex::w32(per_block, w, rows, nb, m, o)
         }),
-        Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_vnni::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
+        Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
+            e_vnni::w32(per_block, w, rows, nb, m, o)
         }),
-        _ => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_avx2::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
+        _ => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
+            e_avx2::w32(per_block, w, rows, nb, m, o)
         }),
     }
 }
