@@ -865,10 +865,177 @@ unsafe fn kq_lanes<D: Dot, const RW: usize, const RA: usize>(
     is
 }
 
+/// A k-quant super-block as the tiles read it.
+pub(crate) trait KBlock: Pod + Sync {
+    type View: KView + Copy;
+    unsafe fn view(&self) -> Self::View;
+}
+
+/// Views of block `b` of `RW` rows. A plain loop: `array::from_fn` leaves the unpacking of
+/// the scales in a closure call per block.
+#[inline(always)]
+unsafe fn views<B: KBlock, const RW: usize>(w: &[B], nb: usize, b: usize) -> [B::View; RW] {
+    let mut v = [w.get_unchecked(b).view(); RW];
+    for r in 1..RW {
+        v[r] = w.get_unchecked(r * nb + b).view();
+    }
+    v
+}
+
+/// What the tiles take from a super-block: its 32-value chunks, their 16-bit scales, the
+/// per-block extra (Q4_K / Q5_K: [`mins16`]; Q6_K: its 16 scales as i16) and the f32 scales.
+pub(crate) trait KView {
+    unsafe fn sub(&self, c: usize) -> __m256i;
+    unsafe fn scale(&self, c: usize) -> __m256i;
+    unsafe fn extra(&self) -> __m256i;
+    unsafe fn d(&self) -> f32;
+    unsafe fn dmin(&self) -> f32;
+}
+
+/// A Q4_K / Q5_K block with its scales and mins unpacked.
+#[derive(Clone, Copy)]
+pub(crate) struct K4View<B> {
+    b: *const B,
+    sc: [u8; 8],
+    mn: [u8; 8],
+}
+
+macro_rules! k4_view {
+    ($blk:ty, $sub:ident) => {
+        impl KBlock for $blk {
+            type View = K4View<$blk>;
+            #[inline(always)]
+            unsafe fn view(&self) -> K4View<$blk> {
+                let (sc, mn) = scales_mins_k4(&self.scales);
+                K4View { b: self, sc, mn }
+            }
+        }
+        impl KView for K4View<$blk> {
+            #[inline(always)]
+            unsafe fn sub(&self, c: usize) -> __m256i {
+                $sub(&*self.b, c)
+            }
+            #[inline(always)]
+            unsafe fn scale(&self, c: usize) -> __m256i {
+                _mm256_set1_epi16(self.sc[c] as i16)
+            }
+            #[inline(always)]
+            unsafe fn extra(&self) -> __m256i {
+                mins16(&self.mn)
+            }
+            #[inline(always)]
+            unsafe fn d(&self) -> f32 {
+                f16x1((*self.b).d)
+            }
+            #[inline(always)]
+            unsafe fn dmin(&self) -> f32 {
+                f16x1((*self.b).dmin)
+            }
+        }
+    };
+}
+k4_view!(BlockQ4K, q4k_sub);
+k4_view!(BlockQ5K, q5k_sub);
+
+impl KBlock for BlockQ6K {
+    type View = *const BlockQ6K;
+    #[inline(always)]
+    unsafe fn view(&self) -> *const BlockQ6K {
+        self
+    }
+}
+impl KView for *const BlockQ6K {
+    #[inline(always)]
+    unsafe fn sub(&self, c: usize) -> __m256i {
+        q6k_sub(&**self, c)
+    }
+    #[inline(always)]
+    unsafe fn scale(&self, c: usize) -> __m256i {
+        q6k_scale(&**self, c)
+    }
+    #[inline(always)]
+    unsafe fn extra(&self) -> __m256i {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128((**self).scales.as_ptr() as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn d(&self) -> f32 {
+        f16x1((**self).d)
+    }
+    #[inline(always)]
+    unsafe fn dmin(&self) -> f32 {
+        0.0
+    }
+}
+
+/// A k-quant super-block decoded once for a prompt: what its [`KView`] gives, stored, so tiles
+/// load it instead of unpacking bits and scales again for every group of activation rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct DecodedK {
+    u: [[u8; 32]; 8],
+    sc: [[i16; 16]; 8],
+    extra: [i16; 16],
+    d: f32,
+    dmin: f32,
+}
+
+// SAFETY: plain bytes, integers and floats.
+unsafe impl Pod for DecodedK {}
+
+impl DecodedK {
+    #[inline(always)]
+    unsafe fn of<B: KBlock>(b: &B) -> Self {
+        let v = b.view();
+        let mut t = DecodedK {
+            u: [[0; 32]; 8],
+            sc: [[0; 16]; 8],
+            extra: [0; 16],
+            d: v.d(),
+            dmin: v.dmin(),
+        };
+        for c in 0..8 {
+            _mm256_store_si256(t.u[c].as_mut_ptr() as *mut __m256i, v.sub(c));
+            _mm256_store_si256(t.sc[c].as_mut_ptr() as *mut __m256i, v.scale(c));
+        }
+        _mm256_store_si256(t.extra.as_mut_ptr() as *mut __m256i, v.extra());
+        t
+    }
+}
+
+impl KBlock for DecodedK {
+    type View = *const DecodedK;
+    #[inline(always)]
+    unsafe fn view(&self) -> *const DecodedK {
+        self
+    }
+}
+impl KView for *const DecodedK {
+    #[inline(always)]
+    unsafe fn sub(&self, c: usize) -> __m256i {
+        _mm256_load_si256((**self).u[c].as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn scale(&self, c: usize) -> __m256i {
+        _mm256_load_si256((**self).sc[c].as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn extra(&self) -> __m256i {
+        _mm256_load_si256((**self).extra.as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn d(&self) -> f32 {
+        (**self).d
+    }
+    #[inline(always)]
+    unsafe fn dmin(&self) -> f32 {
+        (**self).dmin
+    }
+}
+
 /// Q4_K, ggml's repacked (per block) accumulation.
 #[inline(always)]
-unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
-    w: &[BlockQ4K],
+unsafe fn tile_q4k_block<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
+    w: &[B],
     a: &[BlockQ8K],
     nb: usize,
 ) -> [[f32; RA]; RW] {
@@ -876,24 +1043,18 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
     let mut accm = [[0f32; RA]; RW];
     let mut acc8 = _mm256_setzero_ps();
     let mut accm8 = _mm256_setzero_ps();
-    let step = RW * std::mem::size_of::<BlockQ4K>();
+    let step = RW * std::mem::size_of::<B>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
         if RA == 1 {
             prefetch_slice(next, b, step);
         }
-        let wb: [&BlockQ4K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
+        let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
-        let mut sc = [[0u8; 8]; RW];
-        let mut mins = [_mm256_setzero_si256(); RW];
-        for r in 0..RW {
-            let (s, mn) = scales_mins_k4(&wb[r].scales);
-            sc[r] = s;
-            mins[r] = mins16(&mn);
-        }
+        let mins: [__m256i; RW] = std::array::from_fn(|r| wb[r].extra());
         let is = kq_lanes::<D, RW, RA>(
-            |r, c| q4k_sub(wb[r], c),
-            |r, c| _mm256_set1_epi16(sc[r][c] as i16),
+            |r, c| wb[r].sub(c),
+            |r, c| wb[r].scale(c),
             ab,
             [[_mm256_setzero_si256(); RA]; RW],
         );
@@ -906,8 +1067,8 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
             let mut dm = [0f32; 8];
             let mut da = [0f32; 8];
             for r in 0..RW {
-                let d = f16x1(wb[r].d);
-                let dmin = f16x1(wb[r].dmin);
+                let d = wb[r].d();
+                let dmin = wb[r].dmin();
                 for i in 0..RA {
                     let p = r * RA + i;
                     iv[p] = is[r][i];
@@ -927,8 +1088,8 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
             continue;
         }
         for r in 0..RW {
-            let d = f16x1(wb[r].d);
-            let dmin = f16x1(wb[r].dmin);
+            let d = wb[r].d();
+            let dmin = wb[r].dmin();
             for i in 0..RA {
                 let isum = hsum_i32(is[r][i]) as f32;
                 let msum = hsum_i32(_mm256_madd_epi16(bsums16(ab[i]), mins[r])) as f32;
@@ -959,37 +1120,31 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
 
 /// Q5_K, `ggml_vec_dot_q5_K_q8_K`.
 #[inline(always)]
-unsafe fn tile_q5k<D: Dot, const RW: usize, const RA: usize>(
-    w: &[BlockQ5K],
+unsafe fn tile_q5k<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
+    w: &[B],
     a: &[BlockQ8K],
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
     let mut summs = [[0f32; RA]; RW];
-    let step = RW * std::mem::size_of::<BlockQ5K>();
+    let step = RW * std::mem::size_of::<B>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
         if RA == 1 {
             prefetch_slice(next, b, step);
         }
-        let wb: [&BlockQ5K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
+        let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
-        let mut sc = [[0u8; 8]; RW];
-        let mut mins = [_mm256_setzero_si256(); RW];
-        for r in 0..RW {
-            let (s, mn) = scales_mins_k4(&wb[r].scales);
-            sc[r] = s;
-            mins[r] = mins16(&mn);
-        }
+        let mins: [__m256i; RW] = std::array::from_fn(|r| wb[r].extra());
         let is = kq_lanes::<D, RW, RA>(
-            |r, c| q5k_sub(wb[r], c),
-            |r, c| _mm256_set1_epi16(sc[r][c] as i16),
+            |r, c| wb[r].sub(c),
+            |r, c| wb[r].scale(c),
             ab,
             [[_mm256_setzero_si256(); RA]; RW],
         );
         for r in 0..RW {
-            let d = f16x1(wb[r].d);
-            let dmin = f16x1(wb[r].dmin);
+            let d = wb[r].d();
+            let dmin = wb[r].dmin();
             for i in 0..RA {
                 let msum = hsum_i32(_mm256_madd_epi16(bsums16(ab[i]), mins[r])) as f32;
                 let dm = -ab[i].d * dmin;
@@ -1019,38 +1174,32 @@ unsafe fn q6k_scale(w: &BlockQ6K, c: usize) -> __m256i {
 
 /// Q6_K, `ggml_vec_dot_q6_K_q8_K`.
 #[inline(always)]
-unsafe fn tile_q6k<D: Dot, const RW: usize, const RA: usize>(
-    w: &[BlockQ6K],
+unsafe fn tile_q6k<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
+    w: &[B],
     a: &[BlockQ8K],
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
-    let step = RW * std::mem::size_of::<BlockQ6K>();
+    let step = RW * std::mem::size_of::<B>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
         if RA == 1 {
             prefetch_slice(next, b, step);
         }
-        let wb: [&BlockQ6K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
+        let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
         // The -32 offset, through the 16-sums: lane l gets 32 * (bs[2l] sc[2l] + bs[2l+1] sc[2l+1]).
         let mut init = [[_mm256_setzero_si256(); RA]; RW];
         for r in 0..RW {
-            let sc_all =
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(wb[r].scales.as_ptr() as *const __m128i));
+            let sc_all = wb[r].extra();
             for i in 0..RA {
                 let corr = _mm256_slli_epi32(_mm256_madd_epi16(bsums16(ab[i]), sc_all), 5);
                 init[r][i] = _mm256_sub_epi32(_mm256_setzero_si256(), corr);
             }
         }
-        let is = kq_lanes::<D, RW, RA>(
-            |r, c| q6k_sub(wb[r], c),
-            |r, c| q6k_scale(wb[r], c),
-            ab,
-            init,
-        );
+        let is = kq_lanes::<D, RW, RA>(|r, c| wb[r].sub(c), |r, c| wb[r].scale(c), ab, init);
         for r in 0..RW {
-            let d = f16x1(wb[r].d);
+            let d = wb[r].d();
             for i in 0..RA {
                 let dd = _mm256_set1_ps(ab[i].d * d);
                 acc[r][i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(is[r][i]), acc[r][i]);
@@ -1066,31 +1215,55 @@ unsafe fn tile_q6k<D: Dot, const RW: usize, const RA: usize>(
     out
 }
 
+/// Sweeps a chunk of k-quant weights with `$tile`: straight from the blocks for few activation
+/// rows, from blocks decoded once ([`DecodedK`]), a panel of rows at a time, for many.
+macro_rules! sweep_k {
+    ($tile:ident, $d:ty, $w:expr, $a:expr, $nb:expr, $m:expr, $o:expr) => {{
+        let (w, a, nb, m, o) = ($w, $a, $nb, $m, $o);
+        if m == 1 {
+            sweep!($tile, [_, $d], 2, 1, w, a, nb, m, o);
+        } else if m < PREDECODE_MIN_ROWS {
+            sweep!($tile, [_, $d], 2, 4, w, a, nb, m, o);
+        } else {
+            let rows = w.len() / nb;
+            let mut dec = Vec::new();
+            for j in (0..rows).step_by(K_PANEL_ROWS) {
+                let j1 = (j + K_PANEL_ROWS).min(rows);
+                dec.clear();
+                dec.extend(w[j * nb..j1 * nb].iter().map(|b| DecodedK::of(b)));
+                sweep!(
+                    $tile,
+                    [DecodedK, $d],
+                    2,
+                    4,
+                    &dec[..],
+                    a,
+                    nb,
+                    m,
+                    o.offset_cols(j)
+                );
+            }
+        }
+    }};
+}
+
+/// Weight rows of k-quants decoded together: 552 bytes per 256 values, so that a panel stays
+/// in the L2 cache.
+const K_PANEL_ROWS: usize = 32;
+
 #[inline(always)]
 unsafe fn chunk_q4k<D: Dot>(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    if m == 1 {
-        sweep!(tile_q4k_block, [D], 2, 1, w, a, nb, m, o);
-    } else {
-        sweep!(tile_q4k_block, [D], 2, 4, w, a, nb, m, o);
-    }
+    sweep_k!(tile_q4k_block, D, w, a, nb, m, o)
 }
 
 #[inline(always)]
 unsafe fn chunk_q5k<D: Dot>(w: &[BlockQ5K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    if m == 1 {
-        sweep!(tile_q5k, [D], 2, 1, w, a, nb, m, o);
-    } else {
-        sweep!(tile_q5k, [D], 2, 4, w, a, nb, m, o);
-    }
+    sweep_k!(tile_q5k, D, w, a, nb, m, o)
 }
 
 #[inline(always)]
 unsafe fn chunk_q6k<D: Dot>(w: &[BlockQ6K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    if m == 1 {
-        sweep!(tile_q6k, [D], 2, 1, w, a, nb, m, o);
-    } else {
-        sweep!(tile_q6k, [D], 2, 4, w, a, nb, m, o);
-    }
+    sweep_k!(tile_q6k, D, w, a, nb, m, o)
 }
 
 // ---------------------------------------------------------------------------------------------
