@@ -755,6 +755,37 @@ unsafe fn sweep_t<W: W32, A: A32, D: Dot>(
     }
 }
 
+/// The 32-bit lanes of eight vectors transposed: lane `r` of result `l` is lane `l` of `v[r]`.
+#[inline(always)]
+unsafe fn transpose8x8(v: [__m256i; 8]) -> [__m256i; 8] {
+    let t: [__m256i; 8] = std::array::from_fn(|p| {
+        let (a, b) = (v[2 * (p / 2)], v[2 * (p / 2) + 1]);
+        if p % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    // u[q]: lanes l and l + 4 (l = q % 4) of rows 0..4 (q < 4) or 4..8 (q >= 4).
+    let u: [__m256i; 8] = std::array::from_fn(|q| {
+        let base = 4 * (q / 4) + (q % 4) / 2;
+        let (a, b) = (t[base], t[base + 2]);
+        if q % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    std::array::from_fn(|l| {
+        let (a, b) = (u[l % 4], u[4 + l % 4]);
+        if l < 4 {
+            _mm256_permute2x128_si256(a, b, 0x20)
+        } else {
+            _mm256_permute2x128_si256(a, b, 0x31)
+        }
+    })
+}
+
 /// Tile of [`sweep_t`]: groups of eight weight rows by activation rows. Three activation rows
 /// keep 24 accumulators in registers, which needs AVX-512's 32 (the 256-bit kernels use them
 /// when the whole build targets such a CPU); with 16 registers, one.
@@ -1215,6 +1246,158 @@ unsafe fn tile_q6k<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
     out
 }
 
+/// Super-block `b` of eight Q4_K rows, decoded and transposed like [`Decoded8`]: `u[c][l]` holds
+/// bytes `4l..4l+4` of chunk `c` of each row (row `r` in lane `r`), `sc[c]` the rows' scales
+/// of chunk `c`, and `mins[c]` their mins of chunk `c` as the i16 pair `(min, min)`, against
+/// the chunk's two activation 16-sums.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Decoded8K {
+    u: [[[u32; 8]; 8]; 8],
+    sc: [[i32; 8]; 8],
+    mins: [[u32; 8]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+/// Groups of eight Q4_K rows of `w` (a multiple of eight rows of `nb` blocks) into `out`.
+#[inline(always)]
+unsafe fn predecode8k(w: &[BlockQ4K], nb: usize, out: &mut Vec<Decoded8K>) {
+    out.clear();
+    for g in 0..w.len() / nb / 8 {
+        for b in 0..nb {
+            let mut t = Decoded8K {
+                u: [[[0; 8]; 8]; 8],
+                sc: [[0; 8]; 8],
+                mins: [[0; 8]; 8],
+                d: [0.0; 8],
+                dmin: [0.0; 8],
+            };
+            let blk: [&BlockQ4K; 8] =
+                std::array::from_fn(|r| w.get_unchecked((8 * g + r) * nb + b));
+            for r in 0..8 {
+                let (sc, mn) = scales_mins_k4(&blk[r].scales);
+                for c in 0..8 {
+                    t.sc[c][r] = sc[c] as i32;
+                    t.mins[c][r] = mn[c] as u32 * 0x1_0001;
+                }
+                t.d[r] = f16x1(blk[r].d);
+                t.dmin[r] = f16x1(blk[r].dmin);
+            }
+            for c in 0..8 {
+                let cols = transpose8x8(std::array::from_fn(|r| q4k_sub(blk[r], c)));
+                for (l, col) in cols.into_iter().enumerate() {
+                    _mm256_store_si256(t.u[c][l].as_mut_ptr() as *mut __m256i, col);
+                }
+            }
+            out.push(t);
+        }
+    }
+}
+
+/// Eight Q4_K rows by `RA` activation rows, ggml's repacked (per block) accumulation as in
+/// [`tile_q4k_block`]: each block's integer sums are exact whatever the order, so they are
+/// formed with one `dpbusd` per 32 products of eight rows and one multiply per chunk scale;
+/// lane `r` then takes exactly the scalar float steps of row `r`. Returns `out[i][r]`.
+#[inline(always)]
+unsafe fn tile_q4k_t<D: Dot, const RA: usize>(
+    w: &[Decoded8K],
+    a: &[BlockQ8K],
+    nb: usize,
+) -> [[f32; 8]; RA] {
+    let mut acc = [_mm256_setzero_ps(); RA];
+    let mut accm = [_mm256_setzero_ps(); RA];
+    for b in 0..nb {
+        let wb = w.get_unchecked(b);
+        let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
+        let mut isum = [_mm256_setzero_si256(); RA];
+        for c in 0..8 {
+            let mut t = [_mm256_setzero_si256(); RA];
+            for l in 0..8 {
+                let u = load256(wb.u[c][l].as_ptr() as *const u8);
+                for i in 0..RA {
+                    let word =
+                        (ab[i].qs.as_ptr().add(32 * c + 4 * l) as *const i32).read_unaligned();
+                    t[i] = D::dpbusd(t[i], u, _mm256_set1_epi32(word));
+                }
+            }
+            let sc = load256(wb.sc[c].as_ptr() as *const u8);
+            for i in 0..RA {
+                isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(t[i], sc));
+            }
+        }
+        let d = _mm256_load_ps(wb.d.as_ptr());
+        let dmin = _mm256_load_ps(wb.dmin.as_ptr());
+        for i in 0..RA {
+            let mut msum = _mm256_setzero_si256();
+            for k in 0..8 {
+                let pair = (ab[i].bsums.as_ptr().add(2 * k) as *const i32).read_unaligned();
+                let mins = load256(wb.mins[k].as_ptr() as *const u8);
+                msum = D::dpwssd(msum, mins, _mm256_set1_epi32(pair));
+            }
+            let da = _mm256_set1_ps(ab[i].d);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(d, da), acc[i]);
+            accm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), accm[i]);
+        }
+    }
+    let mut out = [[0f32; 8]; RA];
+    for i in 0..RA {
+        _mm256_storeu_ps(out[i].as_mut_ptr(), _mm256_sub_ps(acc[i], accm[i]));
+    }
+    out
+}
+
+/// Q4_K prompts: the rows in groups of eight through [`tile_q4k_t`], a panel at a time; the
+/// last rows (fewer than eight) through [`tile_q4k_block`].
+#[inline(always)]
+unsafe fn prompt_q4k<D: Dot>(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
+    let rows = w.len() / nb;
+    let full = rows - rows % 8;
+    let mut dec = Vec::new();
+    for j in (0..full).step_by(K_PANEL_ROWS) {
+        let j1 = (j + K_PANEL_ROWS).min(full);
+        predecode8k(&w[j * nb..j1 * nb], nb, &mut dec);
+        let mut i = 0;
+        while i < m {
+            let ab = &a[i * nb..];
+            let full_tile = m - i >= T_ROWS;
+            for g in 0..(j1 - j) / 8 {
+                let wg = &dec[g * nb..];
+                let col = j + 8 * g;
+                if full_tile {
+                    store_rows(&tile_q4k_t::<D, T_ROWS>(wg, ab, nb), o, i, col);
+                } else {
+                    store_rows(&tile_q4k_t::<D, 1>(wg, ab, nb), o, i, col);
+                }
+            }
+            i += if full_tile { T_ROWS } else { 1 };
+        }
+    }
+    if full < rows {
+        sweep!(
+            tile_q4k_block,
+            [_, D],
+            2,
+            4,
+            &w[full * nb..],
+            a,
+            nb,
+            m,
+            o.offset_cols(full)
+        );
+    }
+}
+
+/// Stores `t[i][r]` at activation row `i0 + i`, weight row `j0 + r`.
+#[inline(always)]
+unsafe fn store_rows<const RA: usize>(t: &[[f32; 8]; RA], o: OutPtr, i0: usize, j0: usize) {
+    for i in 0..RA {
+        for r in 0..8 {
+            o.set(i0 + i, j0 + r, t[i][r]);
+        }
+    }
+}
+
 /// Sweeps a chunk of k-quant weights with `$tile`: straight from the blocks for few activation
 /// rows, from blocks decoded once ([`DecodedK`]), a panel of rows at a time, for many.
 macro_rules! sweep_k {
@@ -1253,7 +1436,12 @@ const K_PANEL_ROWS: usize = 32;
 
 #[inline(always)]
 unsafe fn chunk_q4k<D: Dot>(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    sweep_k!(tile_q4k_block, D, w, a, nb, m, o)
+    // Without VNNI a `dpbusd` costs three instructions, and the transposed form gains nothing.
+    if m >= PREDECODE_MIN_ROWS && !D::SATURATES {
+        prompt_q4k::<D>(w, a, nb, m, o)
+    } else {
+        sweep_k!(tile_q4k_block, D, w, a, nb, m, o)
+    }
 }
 
 #[inline(always)]
