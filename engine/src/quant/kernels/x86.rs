@@ -620,17 +620,17 @@ unsafe fn predecode8<W: W32>(w: &[W], nb: usize, out: &mut Vec<Decoded8>) {
                 d: [0.0; 8],
                 m: [0.0; 8],
             };
+            let mut rows = [_mm256_setzero_si256(); 8];
             for r in 0..8 {
                 let blk = w.get_unchecked((8 * g + r) * nb + b);
-                let mut words = [0u32; 8];
-                _mm256_storeu_si256(words.as_mut_ptr() as *mut __m256i, blk.load_u());
-                for l in 0..8 {
-                    t.u[l][r] = words[l];
-                }
+                rows[r] = blk.load_u();
                 t.d[r] = blk.d_f32();
                 if W::HAS_MIN {
                     t.m[r] = blk.m_f32();
                 }
+            }
+            for (l, col) in transpose8x8(rows).into_iter().enumerate() {
+                _mm256_store_si256(t.u[l].as_mut_ptr() as *mut __m256i, col);
             }
             out.push(t);
         }
@@ -640,91 +640,73 @@ unsafe fn predecode8<W: W32>(w: &[W], nb: usize, out: &mut Vec<Decoded8>) {
 /// Weight rows decoded together by [`predecode8`]: few enough to stay in the L2 cache.
 const PANEL_ROWS: usize = 64;
 
-/// `8 * G` weight rows by `RA` activation rows with transposed weights: pair `(8g + r, i)` keeps
-/// ggml's eight f32 lane accumulators in lane `r` of `acc[g][i][0..8]` and sees exactly the
-/// operations of [`tile_w32`], folded at the end in [`hsum8`]'s order. Returns
-/// `out[g][i][r]`.
+/// Eight weight rows by `RA` activation rows with transposed weights: pair `(r, i)` keeps
+/// ggml's eight f32 lane accumulators in lane `r` of `acc[i][0..8]` and sees exactly the
+/// operations of [`tile_w32`], folded at the end in [`hsum8`]'s order. Returns `out[i][r]`.
 #[inline(always)]
-unsafe fn tile_w32_t<W: W32, A: A32, D: Dot, const G: usize, const RA: usize>(
+unsafe fn tile_w32_t<W: W32, A: A32, D: Dot, const RA: usize>(
     w: &[Decoded8],
     rows: Rows<'_, A>,
     nb: usize,
-) -> [[[f32; 8]; RA]; G] {
-    let mut acc = [[[_mm256_setzero_ps(); 8]; RA]; G];
-    let mut accm = [[_mm256_setzero_ps(); RA]; G];
+) -> [[f32; 8]; RA] {
+    let mut acc = [[_mm256_setzero_ps(); 8]; RA];
+    let mut accm = [_mm256_setzero_ps(); RA];
     for b in 0..nb {
-        let wb: [&Decoded8; G] = std::array::from_fn(|g| w.get_unchecked(g * nb + b));
+        let wb = w.get_unchecked(b);
         let ab: [&A; RA] = std::array::from_fn(|i| rows.a.get_unchecked(i * nb + b));
-        let mut d = [[_mm256_setzero_ps(); RA]; G];
-        for i in 0..RA {
-            let da = _mm256_set1_ps(*rows.d.get_unchecked(i * nb + b));
-            for g in 0..G {
-                d[g][i] = _mm256_mul_ps(_mm256_load_ps(wb[g].d.as_ptr()), da);
-            }
-        }
+        let dw = _mm256_load_ps(wb.d.as_ptr());
+        let d: [__m256; RA] = std::array::from_fn(|i| {
+            _mm256_mul_ps(dw, _mm256_set1_ps(*rows.d.get_unchecked(i * nb + b)))
+        });
         for l in 0..8 {
-            let u: [__m256i; G] =
-                std::array::from_fn(|g| load256(wb[g].u[l].as_ptr() as *const u8));
+            let u = load256(wb.u[l].as_ptr() as *const u8);
             for i in 0..RA {
                 let word = (ab[i].qs().as_ptr().add(4 * l) as *const i32).read_unaligned();
-                let s = _mm256_set1_epi32(word);
-                for g in 0..G {
-                    let init = if W::OFFSET == 0 {
-                        _mm256_setzero_si256()
-                    } else {
-                        _mm256_set1_epi32(*rows.corr.get_unchecked(i * nb + b).get_unchecked(l))
-                    };
-                    let isum = D::dpbusd(init, u[g], s);
-                    acc[g][i][l] = _mm256_fmadd_ps(d[g][i], _mm256_cvtepi32_ps(isum), acc[g][i][l]);
-                }
+                let init = if W::OFFSET == 0 {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_set1_epi32(*rows.corr.get_unchecked(i * nb + b).get_unchecked(l))
+                };
+                let isum = D::dpbusd(init, u, _mm256_set1_epi32(word));
+                acc[i][l] = _mm256_fmadd_ps(d[i], _mm256_cvtepi32_ps(isum), acc[i][l]);
             }
         }
         if W::HAS_MIN {
+            let mw = _mm256_load_ps(wb.m.as_ptr());
             for i in 0..RA {
                 let sa = _mm256_set1_ps(f16x1(ab[i].s_bits()));
-                for g in 0..G {
-                    accm[g][i] = _mm256_fmadd_ps(_mm256_load_ps(wb[g].m.as_ptr()), sa, accm[g][i]);
-                }
+                accm[i] = _mm256_fmadd_ps(mw, sa, accm[i]);
             }
         }
     }
-    let mut out = [[[0f32; 8]; RA]; G];
-    for g in 0..G {
-        for i in 0..RA {
-            let t = &acc[g][i];
-            let sum = _mm256_add_ps(
-                _mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
-                _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])),
-            );
-            let sum = if W::HAS_MIN {
-                _mm256_add_ps(sum, accm[g][i])
-            } else {
-                sum
-            };
-            _mm256_storeu_ps(out[g][i].as_mut_ptr(), sum);
-        }
+    let mut out = [[0f32; 8]; RA];
+    for i in 0..RA {
+        let t = &acc[i];
+        let sum = _mm256_add_ps(
+            _mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+            _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])),
+        );
+        let sum = if W::HAS_MIN {
+            _mm256_add_ps(sum, accm[i])
+        } else {
+            sum
+        };
+        _mm256_storeu_ps(out[i].as_mut_ptr(), sum);
     }
     out
 }
 
+/// Stores `t[i][r]` at activation row `i0 + i`, weight row `j0 + r`.
 #[inline(always)]
-unsafe fn store_t<const G: usize, const RA: usize>(
-    t: &[[[f32; 8]; RA]; G],
-    o: OutPtr,
-    i0: usize,
-    j0: usize,
-) {
-    for g in 0..G {
-        for i in 0..RA {
-            for r in 0..8 {
-                o.set(i0 + i, j0 + 8 * g + r, t[g][i][r]);
-            }
+unsafe fn store_rows<const RA: usize>(t: &[[f32; 8]; RA], o: OutPtr, i0: usize, j0: usize) {
+    for i in 0..RA {
+        for r in 0..8 {
+            o.set(i0 + i, j0 + r, t[i][r]);
         }
     }
 }
 
-/// Sweeps transposed weights (all of the chunk's rows, a multiple of eight) with
-/// [`tile_w32_t`].
+/// Sweeps transposed weights (groups of eight rows) with [`tile_w32_t`].
 #[inline(always)]
 unsafe fn sweep_t<W: W32, A: A32, D: Dot>(
     w: &[Decoded8],
@@ -733,27 +715,30 @@ unsafe fn sweep_t<W: W32, A: A32, D: Dot>(
     m: usize,
     o: OutPtr,
 ) {
-    const G: usize = T_GROUPS;
-    const RA: usize = T_ROWS;
-    let groups = w.len() / nb;
     let mut i = 0;
     while i < m {
         let ab = a.skip(i * nb);
-        let full = m - i >= RA;
-        let mut g = 0;
-        while g < groups {
-            let wb = &w[g * nb..];
-            match (groups - g >= G, full) {
-                (true, true) => store_t(&tile_w32_t::<W, A, D, G, RA>(wb, ab, nb), o, i, 8 * g),
-                (true, false) => store_t(&tile_w32_t::<W, A, D, G, 1>(wb, ab, nb), o, i, 8 * g),
-                (false, true) => store_t(&tile_w32_t::<W, A, D, 1, RA>(wb, ab, nb), o, i, 8 * g),
-                (false, false) => store_t(&tile_w32_t::<W, A, D, 1, 1>(wb, ab, nb), o, i, 8 * g),
+        let full = m - i >= T_ROWS;
+        for g in 0..w.len() / nb {
+            let wg = &w[g * nb..];
+            if full {
+                store_rows(&tile_w32_t::<W, A, D, T_ROWS>(wg, ab, nb), o, i, 8 * g);
+            } else {
+                store_rows(&tile_w32_t::<W, A, D, 1>(wg, ab, nb), o, i, 8 * g);
             }
-            g += if groups - g >= G { G } else { 1 };
         }
-        i += if full { RA } else { 1 };
+        i += if full { T_ROWS } else { 1 };
     }
 }
+
+/// Activation rows per tile of the transposed kernels: three keep 24 accumulators in
+/// registers, which needs AVX-512's 32 (the 256-bit kernels use them when the whole build
+/// targets such a CPU); with 16 registers, one.
+const T_ROWS: usize = if cfg!(target_feature = "avx512f") {
+    3
+} else {
+    1
+};
 
 /// The 32-bit lanes of eight vectors transposed: lane `r` of result `l` is lane `l` of `v[r]`.
 #[inline(always)]
@@ -785,16 +770,6 @@ unsafe fn transpose8x8(v: [__m256i; 8]) -> [__m256i; 8] {
         }
     })
 }
-
-/// Tile of [`sweep_t`]: groups of eight weight rows by activation rows. Three activation rows
-/// keep 24 accumulators in registers, which needs AVX-512's 32 (the 256-bit kernels use them
-/// when the whole build targets such a CPU); with 16 registers, one.
-const T_GROUPS: usize = 1;
-const T_ROWS: usize = if cfg!(target_feature = "avx512f") {
-    3
-} else {
-    1
-};
 
 // ---------------------------------------------------------------------------------------------
 // k-quants against Q8_K activations
@@ -1385,16 +1360,6 @@ unsafe fn prompt_q4k<D: Dot>(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize
             m,
             o.offset_cols(full)
         );
-    }
-}
-
-/// Stores `t[i][r]` at activation row `i0 + i`, weight row `j0 + r`.
-#[inline(always)]
-unsafe fn store_rows<const RA: usize>(t: &[[f32; 8]; RA], o: OutPtr, i0: usize, j0: usize) {
-    for i in 0..RA {
-        for r in 0..8 {
-            o.set(i0 + i, j0 + r, t[i][r]);
-        }
     }
 }
 
