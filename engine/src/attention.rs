@@ -27,6 +27,78 @@ pub fn round_f16(x: f32) -> f32 {
     }
 }
 
+/// `acc = round_f16(acc * s)` element-wise.
+fn scale_f16(acc: &mut [f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        // SAFETY: the CPU has the features.
+        return unsafe { x86::scale_f16(acc, s) };
+    }
+    acc.iter_mut().for_each(|a| *a = round_f16(*a * s));
+}
+
+/// `acc = round_f16(v * s + acc)` element-wise, with one rounding for `v * s + acc`.
+fn axpy_f16(acc: &mut [f32], v: &[f32], s: f32) {
+    assert_eq!(acc.len(), v.len());
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        // SAFETY: the CPU has the features; the lengths match.
+        return unsafe { x86::axpy_f16(acc, v, s) };
+    }
+    for (a, &v) in acc.iter_mut().zip(v) {
+        *a = round_f16(v.mul_add(s, *a));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn f16c() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// The f16 rounding done by the CPU's conversions (F16C, round to nearest even), eight lanes
+/// at a time; the tails use [`round_f16`].
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::round_f16;
+
+    #[inline(always)]
+    unsafe fn round8(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scale_f16(acc: &mut [f32], s: f32) {
+        let n8 = acc.len() & !7;
+        let sv = _mm256_set1_ps(s);
+        let p = acc.as_mut_ptr();
+        for i in (0..n8).step_by(8) {
+            _mm256_storeu_ps(
+                p.add(i),
+                round8(_mm256_mul_ps(_mm256_loadu_ps(p.add(i)), sv)),
+            );
+        }
+        acc[n8..].iter_mut().for_each(|a| *a = round_f16(*a * s));
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_f16(acc: &mut [f32], v: &[f32], s: f32) {
+        let n8 = acc.len() & !7;
+        let sv = _mm256_set1_ps(s);
+        let (p, q) = (acc.as_mut_ptr(), v.as_ptr());
+        for i in (0..n8).step_by(8) {
+            let x = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), sv, _mm256_loadu_ps(p.add(i)));
+            _mm256_storeu_ps(p.add(i), round8(x));
+        }
+        for (a, &v) in acc[n8..].iter_mut().zip(&v[n8..]) {
+            *a = round_f16(v.mul_add(s, *a));
+        }
+    }
+}
+
 /// Keys and values of one layer for one request: per KV head, `len` rows of `head_dim` values,
 /// each rounded to f16 (llama.cpp's default cache type) and kept as f32 so attention reads them
 /// without conversions.
@@ -105,13 +177,11 @@ pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> 
             if score > max {
                 ms = (max - score).exp();
                 max = score;
-                acc.iter_mut().for_each(|a| *a = round_f16(*a * ms));
+                scale_f16(acc, ms);
             } else {
                 vs = (score - max).exp();
             }
-            for (a, &v) in acc.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                *a = round_f16(v.mul_add(vs, *a));
-            }
+            axpy_f16(acc, &values[j * hd..(j + 1) * hd], vs);
             sum = sum.mul_add(ms, vs);
         }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -207,6 +277,19 @@ mod tests {
             check(v);
             check(-v);
         }
+    }
+
+    #[test]
+    fn vector_helpers_round_like_round_f16() {
+        let v = values(203, 4);
+        let mut a = values(203, 5);
+        let (mut a2, s) = (a.clone(), 0.3712);
+        axpy_f16(&mut a, &v, s);
+        scale_f16(&mut a, 1.7);
+        for (x, &y) in a2.iter_mut().zip(&v) {
+            *x = round_f16(round_f16(y.mul_add(s, *x)) * 1.7);
+        }
+        assert_eq!(a, a2);
     }
 
     #[test]

@@ -185,10 +185,20 @@ pub fn gated(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         .apply_op2_no_bwd(&up.contiguous()?, &Gated(act))
 }
 
-/// ggml's `ggml_vec_dot_f16` (f16 inputs, here already widened to f32) on AVX-512: four 16-lane fused multiply-add accumulators over
-/// 64-element steps, folded pairwise, then reduced the way `_mm512_reduce_add_ps` does; a tail in
-/// f64.
+/// ggml's `ggml_vec_dot_f16` (f16 inputs, here already widened to f32) on AVX-512: four 16-lane
+/// fused multiply-add accumulators over 64-element steps, folded pairwise, then reduced the way
+/// `_mm512_reduce_add_ps` does; a tail in f64.
 pub fn dot_f16_lanes(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features.
+        return unsafe { dot_f16_lanes_avx2(x, y) };
+    }
+    dot_f16_lanes_scalar(x, y)
+}
+
+fn dot_f16_lanes_scalar(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len();
     let np = n & !63;
     let mut acc = [[0f32; 16]; 4];
@@ -212,6 +222,43 @@ pub fn dot_f16_lanes(x: &[f32], y: &[f32]) -> f32 {
     sum as f32
 }
 
+/// [`dot_f16_lanes_scalar`] with each 16-lane accumulator as two 8-lane halves: every lane sees
+/// the same operations, so the result is the same.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `x` and `y` must have the same length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f16_lanes_avx2(x: &[f32], y: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let np = n & !63;
+    let (px, py) = (x.as_ptr(), y.as_ptr());
+    // acc[2j] and acc[2j + 1]: lanes 0..8 and 8..16 of ggml's accumulator j.
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for i in (0..np).step_by(64) {
+        for (h, a) in acc.iter_mut().enumerate() {
+            let o = i + 8 * h;
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(o)), _mm256_loadu_ps(py.add(o)), *a);
+        }
+    }
+    let half = |h: usize| {
+        _mm256_add_ps(
+            _mm256_add_ps(acc[h], acc[4 + h]),
+            _mm256_add_ps(acc[2 + h], acc[6 + h]),
+        )
+    };
+    let t3 = _mm256_add_ps(half(1), half(0));
+    let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+    let mut t = [0f32; 4];
+    _mm_storeu_ps(t.as_mut_ptr(), t6);
+    let mut sum = ((t[0] + t[2]) + (t[1] + t[3])) as f64;
+    for i in np..n {
+        sum += (x[i] * y[i]) as f64;
+    }
+    sum as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +276,11 @@ mod tests {
         assert!((dot_f16_lanes(&x, &y) as f64 - exact).abs() < 1e-4);
         let tail = ((x[0] * y[0]) as f64 + (x[1] * y[1]) as f64 + (x[2] * y[2]) as f64) as f32;
         assert_eq!(dot_f16_lanes(&x[..3], &y[..3]), tail);
+        for n in [0, 3, 64, 100, 128, 200, 256] {
+            let (x, y) = (v(n, n as u32), v(n, 7 * n as u32 + 1));
+            let want = dot_f16_lanes_scalar(&x, &y);
+            assert_eq!(dot_f16_lanes(&x, &y).to_bits(), want.to_bits(), "n = {n}");
+        }
     }
 
     #[test]

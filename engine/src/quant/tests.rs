@@ -437,10 +437,15 @@ fn kernels_on_model_shapes() {
     for (ty, n, j, m) in [
         (WeightType::Q5_0, 40, 28, 1),
         (WeightType::Q5_0, 37, 20, 13),
+        (WeightType::Q5_0, 75, 3, 11),
+        (WeightType::Q5_1, 75, 3, 10),
         (WeightType::Q8_0, 24, 28, 5),
         (WeightType::Q4K, 16, 4, 6),
         (WeightType::Q4K, 12, 8, 3),
         (WeightType::Q6K, 9, 19, 4),
+        (WeightType::Q4K, 40, 4, 11),
+        (WeightType::Q5K, 35, 2, 10),
+        (WeightType::Q6K, 37, 3, 9),
         (WeightType::Q4_0, 16, 7, 9),
     ] {
         check_kernels(ty, n, j, m, 7).unwrap();

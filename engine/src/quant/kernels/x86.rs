@@ -452,6 +452,9 @@ pub(crate) struct Rows<'a, A> {
     pub a: &'a [A],
     pub d: &'a [f32],
     pub ns: &'a [[i32; 8]],
+    /// The negated 4-sums times the weight's `OFFSET`, for [`tile_w32_t`] (empty where that
+    /// kernel does not run).
+    pub corr: &'a [[i32; 8]],
 }
 impl<A> Clone for Rows<'_, A> {
     fn clone(&self) -> Self {
@@ -466,6 +469,7 @@ impl<A> Skip for Rows<'_, A> {
             a: &self.a[blocks..],
             d: &self.d[blocks..],
             ns: self.ns.get(blocks..).unwrap_or(&[]),
+            corr: self.corr.get(blocks..).unwrap_or(&[]),
         }
     }
 }
@@ -548,6 +552,24 @@ unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
         sweep!(tile_w32_block, [W, A, D], 4, 2, w, a, nb, m, o);
     } else if m == 1 {
         sweep!(tile_w32_lanes, [W, A, D], 4, 1, w, a, nb, m, o);
+    } else if m >= PREDECODE_MIN_ROWS
+        && transposes::<W, D>()
+        && (W::OFFSET == 0 || !a.corr.is_empty())
+    {
+        // Many activation rows: decode the weights once, eight rows per vector, a panel of
+        // rows at a time so that they stay in cache while every activation row passes.
+        let rows = w.len() / nb;
+        let full = rows - rows % 8;
+        let mut dec = Vec::new();
+        for j in (0..full).step_by(PANEL_ROWS) {
+            let j1 = (j + PANEL_ROWS).min(full);
+            predecode8(&w[j * nb..j1 * nb], nb, &mut dec);
+            sweep_t::<W, A, D>(&dec, a, nb, m, o.offset_cols(j));
+        }
+        if full < rows {
+            let dec = predecode(&w[full * nb..]);
+            sweep!(tile_w32_lanes, [Decoded<W>, A, D], 3, 6, &dec[..], a, nb, m, o.offset_cols(full));
+        }
     } else if m >= PREDECODE_MIN_ROWS {
         // Many activation rows: decode this chunk's weights once.
         let dec = predecode(w);
@@ -563,6 +585,190 @@ pub(crate) const PREDECODE_MIN_ROWS: usize = 8;
 #[inline(always)]
 pub(crate) unsafe fn predecode<W: W32>(w: &[W]) -> Vec<Decoded<W>> {
     w.iter().map(|b| Decoded::of(b)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompts: eight weight rows per vector
+
+/// Whether [`tile_w32_t`] can take this weight: its unsigned bytes must not saturate `maddubs`.
+pub(crate) const fn transposes<W: W32, D: Dot>() -> bool {
+    !(D::SATURATES && W::OFFSET >= 128)
+}
+
+/// Block `b` of eight weight rows, decoded and transposed: `u[l]` holds bytes `4l..4l+4` of
+/// each row's unsigned form, row `r` in 32-bit lane `r`. One `dpbusd` against a broadcast
+/// activation word then gives lane `l` of all eight rows' integer sums, and one multiply gives
+/// the eight rows' scale products.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Decoded8 {
+    u: [[u32; 8]; 8],
+    d: [f32; 8],
+    m: [f32; 8],
+}
+
+/// Groups of eight rows of `w` (a multiple of eight rows of `nb` blocks), block by block, into
+/// `out`.
+#[inline(always)]
+unsafe fn predecode8<W: W32>(w: &[W], nb: usize, out: &mut Vec<Decoded8>) {
+    out.clear();
+    let groups = w.len() / nb / 8;
+    for g in 0..groups {
+        for b in 0..nb {
+            let mut t = Decoded8 {
+                u: [[0; 8]; 8],
+                d: [0.0; 8],
+                m: [0.0; 8],
+            };
+            let mut rows = [_mm256_setzero_si256(); 8];
+            for r in 0..8 {
+                let blk = w.get_unchecked((8 * g + r) * nb + b);
+                rows[r] = blk.load_u();
+                t.d[r] = blk.d_f32();
+                if W::HAS_MIN {
+                    t.m[r] = blk.m_f32();
+                }
+            }
+            for (l, col) in transpose8x8(rows).into_iter().enumerate() {
+                _mm256_store_si256(t.u[l].as_mut_ptr() as *mut __m256i, col);
+            }
+            out.push(t);
+        }
+    }
+}
+
+/// Weight rows decoded together by [`predecode8`]: few enough to stay in the L2 cache.
+const PANEL_ROWS: usize = 64;
+
+/// Eight weight rows by `RA` activation rows with transposed weights: pair `(r, i)` keeps
+/// ggml's eight f32 lane accumulators in lane `r` of `acc[i][0..8]` and sees exactly the
+/// operations of [`tile_w32`], folded at the end in [`hsum8`]'s order. Returns `out[i][r]`.
+#[inline(always)]
+unsafe fn tile_w32_t<W: W32, A: A32, D: Dot, const RA: usize>(
+    w: &[Decoded8],
+    rows: Rows<'_, A>,
+    nb: usize,
+) -> [[f32; 8]; RA] {
+    let mut acc = [[_mm256_setzero_ps(); 8]; RA];
+    let mut accm = [_mm256_setzero_ps(); RA];
+    for b in 0..nb {
+        let wb = w.get_unchecked(b);
+        let ab: [&A; RA] = std::array::from_fn(|i| rows.a.get_unchecked(i * nb + b));
+        let dw = _mm256_load_ps(wb.d.as_ptr());
+        let d: [__m256; RA] = std::array::from_fn(|i| {
+            _mm256_mul_ps(dw, _mm256_set1_ps(*rows.d.get_unchecked(i * nb + b)))
+        });
+        for l in 0..8 {
+            let u = load256(wb.u[l].as_ptr() as *const u8);
+            for i in 0..RA {
+                let word = (ab[i].qs().as_ptr().add(4 * l) as *const i32).read_unaligned();
+                let init = if W::OFFSET == 0 {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_set1_epi32(*rows.corr.get_unchecked(i * nb + b).get_unchecked(l))
+                };
+                let isum = D::dpbusd(init, u, _mm256_set1_epi32(word));
+                acc[i][l] = _mm256_fmadd_ps(d[i], _mm256_cvtepi32_ps(isum), acc[i][l]);
+            }
+        }
+        if W::HAS_MIN {
+            let mw = _mm256_load_ps(wb.m.as_ptr());
+            for i in 0..RA {
+                let sa = _mm256_set1_ps(f16x1(ab[i].s_bits()));
+                accm[i] = _mm256_fmadd_ps(mw, sa, accm[i]);
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; RA];
+    for i in 0..RA {
+        let t = &acc[i];
+        let sum = _mm256_add_ps(
+            _mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+            _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])),
+        );
+        let sum = if W::HAS_MIN {
+            _mm256_add_ps(sum, accm[i])
+        } else {
+            sum
+        };
+        _mm256_storeu_ps(out[i].as_mut_ptr(), sum);
+    }
+    out
+}
+
+/// Stores `t[i][r]` at activation row `i0 + i`, weight row `j0 + r`.
+#[inline(always)]
+unsafe fn store_rows<const RA: usize>(t: &[[f32; 8]; RA], o: OutPtr, i0: usize, j0: usize) {
+    for i in 0..RA {
+        for r in 0..8 {
+            o.set(i0 + i, j0 + r, t[i][r]);
+        }
+    }
+}
+
+/// Sweeps transposed weights (groups of eight rows) with [`tile_w32_t`].
+#[inline(always)]
+unsafe fn sweep_t<W: W32, A: A32, D: Dot>(
+    w: &[Decoded8],
+    a: Rows<'_, A>,
+    nb: usize,
+    m: usize,
+    o: OutPtr,
+) {
+    let mut i = 0;
+    while i < m {
+        let ab = a.skip(i * nb);
+        let full = m - i >= T_ROWS;
+        for g in 0..w.len() / nb {
+            let wg = &w[g * nb..];
+            if full {
+                store_rows(&tile_w32_t::<W, A, D, T_ROWS>(wg, ab, nb), o, i, 8 * g);
+            } else {
+                store_rows(&tile_w32_t::<W, A, D, 1>(wg, ab, nb), o, i, 8 * g);
+            }
+        }
+        i += if full { T_ROWS } else { 1 };
+    }
+}
+
+/// Activation rows per tile of the transposed kernels: three keep 24 accumulators in
+/// registers, which needs AVX-512's 32 (the 256-bit kernels use them when the whole build
+/// targets such a CPU); with 16 registers, one.
+const T_ROWS: usize = if cfg!(target_feature = "avx512f") {
+    3
+} else {
+    1
+};
+
+/// The 32-bit lanes of eight vectors transposed: lane `r` of result `l` is lane `l` of `v[r]`.
+#[inline(always)]
+unsafe fn transpose8x8(v: [__m256i; 8]) -> [__m256i; 8] {
+    let t: [__m256i; 8] = std::array::from_fn(|p| {
+        let (a, b) = (v[2 * (p / 2)], v[2 * (p / 2) + 1]);
+        if p % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    // u[q]: lanes l and l + 4 (l = q % 4) of rows 0..4 (q < 4) or 4..8 (q >= 4).
+    let u: [__m256i; 8] = std::array::from_fn(|q| {
+        let base = 4 * (q / 4) + (q % 4) / 2;
+        let (a, b) = (t[base], t[base + 2]);
+        if q % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    std::array::from_fn(|l| {
+        let (a, b) = (u[l % 4], u[4 + l % 4]);
+        if l < 4 {
+            _mm256_permute2x128_si256(a, b, 0x20)
+        } else {
+            _mm256_permute2x128_si256(a, b, 0x31)
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,10 +871,177 @@ unsafe fn kq_lanes<D: Dot, const RW: usize, const RA: usize>(
     is
 }
 
+/// A k-quant super-block as the tiles read it.
+pub(crate) trait KBlock: Pod + Sync {
+    type View: KView + Copy;
+    unsafe fn view(&self) -> Self::View;
+}
+
+/// Views of block `b` of `RW` rows. A plain loop: `array::from_fn` leaves the unpacking of
+/// the scales in a closure call per block.
+#[inline(always)]
+unsafe fn views<B: KBlock, const RW: usize>(w: &[B], nb: usize, b: usize) -> [B::View; RW] {
+    let mut v = [w.get_unchecked(b).view(); RW];
+    for r in 1..RW {
+        v[r] = w.get_unchecked(r * nb + b).view();
+    }
+    v
+}
+
+/// What the tiles take from a super-block: its 32-value chunks, their 16-bit scales, the
+/// per-block extra (Q4_K / Q5_K: [`mins16`]; Q6_K: its 16 scales as i16) and the f32 scales.
+pub(crate) trait KView {
+    unsafe fn sub(&self, c: usize) -> __m256i;
+    unsafe fn scale(&self, c: usize) -> __m256i;
+    unsafe fn extra(&self) -> __m256i;
+    unsafe fn d(&self) -> f32;
+    unsafe fn dmin(&self) -> f32;
+}
+
+/// A Q4_K / Q5_K block with its scales and mins unpacked.
+#[derive(Clone, Copy)]
+pub(crate) struct K4View<B> {
+    b: *const B,
+    sc: [u8; 8],
+    mn: [u8; 8],
+}
+
+macro_rules! k4_view {
+    ($blk:ty, $sub:ident) => {
+        impl KBlock for $blk {
+            type View = K4View<$blk>;
+            #[inline(always)]
+            unsafe fn view(&self) -> K4View<$blk> {
+                let (sc, mn) = scales_mins_k4(&self.scales);
+                K4View { b: self, sc, mn }
+            }
+        }
+        impl KView for K4View<$blk> {
+            #[inline(always)]
+            unsafe fn sub(&self, c: usize) -> __m256i {
+                $sub(&*self.b, c)
+            }
+            #[inline(always)]
+            unsafe fn scale(&self, c: usize) -> __m256i {
+                _mm256_set1_epi16(self.sc[c] as i16)
+            }
+            #[inline(always)]
+            unsafe fn extra(&self) -> __m256i {
+                mins16(&self.mn)
+            }
+            #[inline(always)]
+            unsafe fn d(&self) -> f32 {
+                f16x1((*self.b).d)
+            }
+            #[inline(always)]
+            unsafe fn dmin(&self) -> f32 {
+                f16x1((*self.b).dmin)
+            }
+        }
+    };
+}
+k4_view!(BlockQ4K, q4k_sub);
+k4_view!(BlockQ5K, q5k_sub);
+
+impl KBlock for BlockQ6K {
+    type View = *const BlockQ6K;
+    #[inline(always)]
+    unsafe fn view(&self) -> *const BlockQ6K {
+        self
+    }
+}
+impl KView for *const BlockQ6K {
+    #[inline(always)]
+    unsafe fn sub(&self, c: usize) -> __m256i {
+        q6k_sub(&**self, c)
+    }
+    #[inline(always)]
+    unsafe fn scale(&self, c: usize) -> __m256i {
+        q6k_scale(&**self, c)
+    }
+    #[inline(always)]
+    unsafe fn extra(&self) -> __m256i {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128((**self).scales.as_ptr() as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn d(&self) -> f32 {
+        f16x1((**self).d)
+    }
+    #[inline(always)]
+    unsafe fn dmin(&self) -> f32 {
+        0.0
+    }
+}
+
+/// A k-quant super-block decoded once for a prompt: what its [`KView`] gives, stored, so tiles
+/// load it instead of unpacking bits and scales again for every group of activation rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct DecodedK {
+    u: [[u8; 32]; 8],
+    sc: [[i16; 16]; 8],
+    extra: [i16; 16],
+    d: f32,
+    dmin: f32,
+}
+
+// SAFETY: plain bytes, integers and floats.
+unsafe impl Pod for DecodedK {}
+
+impl DecodedK {
+    #[inline(always)]
+    unsafe fn of<B: KBlock>(b: &B) -> Self {
+        let v = b.view();
+        let mut t = DecodedK {
+            u: [[0; 32]; 8],
+            sc: [[0; 16]; 8],
+            extra: [0; 16],
+            d: v.d(),
+            dmin: v.dmin(),
+        };
+        for c in 0..8 {
+            _mm256_store_si256(t.u[c].as_mut_ptr() as *mut __m256i, v.sub(c));
+            _mm256_store_si256(t.sc[c].as_mut_ptr() as *mut __m256i, v.scale(c));
+        }
+        _mm256_store_si256(t.extra.as_mut_ptr() as *mut __m256i, v.extra());
+        t
+    }
+}
+
+impl KBlock for DecodedK {
+    type View = *const DecodedK;
+    #[inline(always)]
+    unsafe fn view(&self) -> *const DecodedK {
+        self
+    }
+}
+impl KView for *const DecodedK {
+    #[inline(always)]
+    unsafe fn sub(&self, c: usize) -> __m256i {
+        _mm256_load_si256((**self).u[c].as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn scale(&self, c: usize) -> __m256i {
+        _mm256_load_si256((**self).sc[c].as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn extra(&self) -> __m256i {
+        _mm256_load_si256((**self).extra.as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn d(&self) -> f32 {
+        (**self).d
+    }
+    #[inline(always)]
+    unsafe fn dmin(&self) -> f32 {
+        (**self).dmin
+    }
+}
+
 /// Q4_K, ggml's repacked (per block) accumulation.
 #[inline(always)]
-unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
-    w: &[BlockQ4K],
+unsafe fn tile_q4k_block<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
+    w: &[B],
     a: &[BlockQ8K],
     nb: usize,
 ) -> [[f32; RA]; RW] {
@@ -676,24 +1049,18 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
     let mut accm = [[0f32; RA]; RW];
     let mut acc8 = _mm256_setzero_ps();
     let mut accm8 = _mm256_setzero_ps();
-    let step = RW * std::mem::size_of::<BlockQ4K>();
+    let step = RW * std::mem::size_of::<B>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
         if RA == 1 {
             prefetch_slice(next, b, step);
         }
-        let wb: [&BlockQ4K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
+        let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
-        let mut sc = [[0u8; 8]; RW];
-        let mut mins = [_mm256_setzero_si256(); RW];
-        for r in 0..RW {
-            let (s, mn) = scales_mins_k4(&wb[r].scales);
-            sc[r] = s;
-            mins[r] = mins16(&mn);
-        }
+        let mins: [__m256i; RW] = std::array::from_fn(|r| wb[r].extra());
         let is = kq_lanes::<D, RW, RA>(
-            |r, c| q4k_sub(wb[r], c),
-            |r, c| _mm256_set1_epi16(sc[r][c] as i16),
+            |r, c| wb[r].sub(c),
+            |r, c| wb[r].scale(c),
             ab,
             [[_mm256_setzero_si256(); RA]; RW],
         );
@@ -706,8 +1073,8 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
             let mut dm = [0f32; 8];
             let mut da = [0f32; 8];
             for r in 0..RW {
-                let d = f16x1(wb[r].d);
-                let dmin = f16x1(wb[r].dmin);
+                let d = wb[r].d();
+                let dmin = wb[r].dmin();
                 for i in 0..RA {
                     let p = r * RA + i;
                     iv[p] = is[r][i];
@@ -727,8 +1094,8 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
             continue;
         }
         for r in 0..RW {
-            let d = f16x1(wb[r].d);
-            let dmin = f16x1(wb[r].dmin);
+            let d = wb[r].d();
+            let dmin = wb[r].dmin();
             for i in 0..RA {
                 let isum = hsum_i32(is[r][i]) as f32;
                 let msum = hsum_i32(_mm256_madd_epi16(bsums16(ab[i]), mins[r])) as f32;
@@ -759,37 +1126,31 @@ unsafe fn tile_q4k_block<D: Dot, const RW: usize, const RA: usize>(
 
 /// Q5_K, `ggml_vec_dot_q5_K_q8_K`.
 #[inline(always)]
-unsafe fn tile_q5k<D: Dot, const RW: usize, const RA: usize>(
-    w: &[BlockQ5K],
+unsafe fn tile_q5k<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
+    w: &[B],
     a: &[BlockQ8K],
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
     let mut summs = [[0f32; RA]; RW];
-    let step = RW * std::mem::size_of::<BlockQ5K>();
+    let step = RW * std::mem::size_of::<B>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
         if RA == 1 {
             prefetch_slice(next, b, step);
         }
-        let wb: [&BlockQ5K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
+        let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
-        let mut sc = [[0u8; 8]; RW];
-        let mut mins = [_mm256_setzero_si256(); RW];
-        for r in 0..RW {
-            let (s, mn) = scales_mins_k4(&wb[r].scales);
-            sc[r] = s;
-            mins[r] = mins16(&mn);
-        }
+        let mins: [__m256i; RW] = std::array::from_fn(|r| wb[r].extra());
         let is = kq_lanes::<D, RW, RA>(
-            |r, c| q5k_sub(wb[r], c),
-            |r, c| _mm256_set1_epi16(sc[r][c] as i16),
+            |r, c| wb[r].sub(c),
+            |r, c| wb[r].scale(c),
             ab,
             [[_mm256_setzero_si256(); RA]; RW],
         );
         for r in 0..RW {
-            let d = f16x1(wb[r].d);
-            let dmin = f16x1(wb[r].dmin);
+            let d = wb[r].d();
+            let dmin = wb[r].dmin();
             for i in 0..RA {
                 let msum = hsum_i32(_mm256_madd_epi16(bsums16(ab[i]), mins[r])) as f32;
                 let dm = -ab[i].d * dmin;
@@ -819,38 +1180,32 @@ unsafe fn q6k_scale(w: &BlockQ6K, c: usize) -> __m256i {
 
 /// Q6_K, `ggml_vec_dot_q6_K_q8_K`.
 #[inline(always)]
-unsafe fn tile_q6k<D: Dot, const RW: usize, const RA: usize>(
-    w: &[BlockQ6K],
+unsafe fn tile_q6k<B: KBlock, D: Dot, const RW: usize, const RA: usize>(
+    w: &[B],
     a: &[BlockQ8K],
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
-    let step = RW * std::mem::size_of::<BlockQ6K>();
+    let step = RW * std::mem::size_of::<B>();
     let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
     for b in 0..nb {
         if RA == 1 {
             prefetch_slice(next, b, step);
         }
-        let wb: [&BlockQ6K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
+        let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
         // The -32 offset, through the 16-sums: lane l gets 32 * (bs[2l] sc[2l] + bs[2l+1] sc[2l+1]).
         let mut init = [[_mm256_setzero_si256(); RA]; RW];
         for r in 0..RW {
-            let sc_all =
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(wb[r].scales.as_ptr() as *const __m128i));
+            let sc_all = wb[r].extra();
             for i in 0..RA {
                 let corr = _mm256_slli_epi32(_mm256_madd_epi16(bsums16(ab[i]), sc_all), 5);
                 init[r][i] = _mm256_sub_epi32(_mm256_setzero_si256(), corr);
             }
         }
-        let is = kq_lanes::<D, RW, RA>(
-            |r, c| q6k_sub(wb[r], c),
-            |r, c| q6k_scale(wb[r], c),
-            ab,
-            init,
-        );
+        let is = kq_lanes::<D, RW, RA>(|r, c| wb[r].sub(c), |r, c| wb[r].scale(c), ab, init);
         for r in 0..RW {
-            let d = f16x1(wb[r].d);
+            let d = wb[r].d();
             for i in 0..RA {
                 let dd = _mm256_set1_ps(ab[i].d * d);
                 acc[r][i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(is[r][i]), acc[r][i]);
@@ -866,31 +1221,202 @@ unsafe fn tile_q6k<D: Dot, const RW: usize, const RA: usize>(
     out
 }
 
+/// Super-block `b` of eight Q4_K rows, decoded and transposed like [`Decoded8`]: `u[c][l]` holds
+/// bytes `4l..4l+4` of chunk `c` of each row (row `r` in lane `r`), `sc[c]` the rows' scales
+/// of chunk `c`, and `mins[c]` their mins of chunk `c` as the i16 pair `(min, min)`, against
+/// the chunk's two activation 16-sums.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Decoded8K {
+    u: [[[u32; 8]; 8]; 8],
+    sc: [[i32; 8]; 8],
+    mins: [[u32; 8]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+/// Groups of eight Q4_K rows of `w` (a multiple of eight rows of `nb` blocks) into `out`.
+#[inline(always)]
+unsafe fn predecode8k(w: &[BlockQ4K], nb: usize, out: &mut Vec<Decoded8K>) {
+    out.clear();
+    for g in 0..w.len() / nb / 8 {
+        for b in 0..nb {
+            let mut t = Decoded8K {
+                u: [[[0; 8]; 8]; 8],
+                sc: [[0; 8]; 8],
+                mins: [[0; 8]; 8],
+                d: [0.0; 8],
+                dmin: [0.0; 8],
+            };
+            let blk: [&BlockQ4K; 8] =
+                std::array::from_fn(|r| w.get_unchecked((8 * g + r) * nb + b));
+            for r in 0..8 {
+                let (sc, mn) = scales_mins_k4(&blk[r].scales);
+                for c in 0..8 {
+                    t.sc[c][r] = sc[c] as i32;
+                    t.mins[c][r] = mn[c] as u32 * 0x1_0001;
+                }
+                t.d[r] = f16x1(blk[r].d);
+                t.dmin[r] = f16x1(blk[r].dmin);
+            }
+            for c in 0..8 {
+                let cols = transpose8x8(std::array::from_fn(|r| q4k_sub(blk[r], c)));
+                for (l, col) in cols.into_iter().enumerate() {
+                    _mm256_store_si256(t.u[c][l].as_mut_ptr() as *mut __m256i, col);
+                }
+            }
+            out.push(t);
+        }
+    }
+}
+
+/// Eight Q4_K rows by `RA` activation rows, ggml's repacked (per block) accumulation as in
+/// [`tile_q4k_block`]: each block's integer sums are exact whatever the order, so they are
+/// formed with one `dpbusd` per 32 products of eight rows and one multiply per chunk scale;
+/// lane `r` then takes exactly the scalar float steps of row `r`. Returns `out[i][r]`.
+#[inline(always)]
+unsafe fn tile_q4k_t<D: Dot, const RA: usize>(
+    w: &[Decoded8K],
+    a: &[BlockQ8K],
+    nb: usize,
+) -> [[f32; 8]; RA] {
+    let mut acc = [_mm256_setzero_ps(); RA];
+    let mut accm = [_mm256_setzero_ps(); RA];
+    for b in 0..nb {
+        let wb = w.get_unchecked(b);
+        let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
+        let mut isum = [_mm256_setzero_si256(); RA];
+        for c in 0..8 {
+            let mut t = [_mm256_setzero_si256(); RA];
+            for l in 0..8 {
+                let u = load256(wb.u[c][l].as_ptr() as *const u8);
+                for i in 0..RA {
+                    let word =
+                        (ab[i].qs.as_ptr().add(32 * c + 4 * l) as *const i32).read_unaligned();
+                    t[i] = D::dpbusd(t[i], u, _mm256_set1_epi32(word));
+                }
+            }
+            let sc = load256(wb.sc[c].as_ptr() as *const u8);
+            for i in 0..RA {
+                isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(t[i], sc));
+            }
+        }
+        let d = _mm256_load_ps(wb.d.as_ptr());
+        let dmin = _mm256_load_ps(wb.dmin.as_ptr());
+        for i in 0..RA {
+            let mut msum = _mm256_setzero_si256();
+            for k in 0..8 {
+                let pair = (ab[i].bsums.as_ptr().add(2 * k) as *const i32).read_unaligned();
+                let mins = load256(wb.mins[k].as_ptr() as *const u8);
+                msum = D::dpwssd(msum, mins, _mm256_set1_epi32(pair));
+            }
+            let da = _mm256_set1_ps(ab[i].d);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(d, da), acc[i]);
+            accm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), accm[i]);
+        }
+    }
+    let mut out = [[0f32; 8]; RA];
+    for i in 0..RA {
+        _mm256_storeu_ps(out[i].as_mut_ptr(), _mm256_sub_ps(acc[i], accm[i]));
+    }
+    out
+}
+
+/// Q4_K prompts: the rows in groups of eight through [`tile_q4k_t`], a panel at a time; the
+/// last rows (fewer than eight) through [`tile_q4k_block`].
+#[inline(always)]
+unsafe fn prompt_q4k<D: Dot>(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
+    let rows = w.len() / nb;
+    let full = rows - rows % 8;
+    let mut dec = Vec::new();
+    for j in (0..full).step_by(K_PANEL_ROWS) {
+        let j1 = (j + K_PANEL_ROWS).min(full);
+        predecode8k(&w[j * nb..j1 * nb], nb, &mut dec);
+        let mut i = 0;
+        while i < m {
+            let ab = &a[i * nb..];
+            let full_tile = m - i >= T_ROWS;
+            for g in 0..(j1 - j) / 8 {
+                let wg = &dec[g * nb..];
+                let col = j + 8 * g;
+                if full_tile {
+                    store_rows(&tile_q4k_t::<D, T_ROWS>(wg, ab, nb), o, i, col);
+                } else {
+                    store_rows(&tile_q4k_t::<D, 1>(wg, ab, nb), o, i, col);
+                }
+            }
+            i += if full_tile { T_ROWS } else { 1 };
+        }
+    }
+    if full < rows {
+        sweep!(
+            tile_q4k_block,
+            [_, D],
+            2,
+            4,
+            &w[full * nb..],
+            a,
+            nb,
+            m,
+            o.offset_cols(full)
+        );
+    }
+}
+
+/// Sweeps a chunk of k-quant weights with `$tile`: straight from the blocks for few activation
+/// rows, from blocks decoded once ([`DecodedK`]), a panel of rows at a time, for many.
+macro_rules! sweep_k {
+    ($tile:ident, $d:ty, $w:expr, $a:expr, $nb:expr, $m:expr, $o:expr) => {{
+        let (w, a, nb, m, o) = ($w, $a, $nb, $m, $o);
+        if m == 1 {
+            sweep!($tile, [_, $d], 2, 1, w, a, nb, m, o);
+        } else if m < PREDECODE_MIN_ROWS {
+            sweep!($tile, [_, $d], 2, 4, w, a, nb, m, o);
+        } else {
+            let rows = w.len() / nb;
+            let mut dec = Vec::new();
+            for j in (0..rows).step_by(K_PANEL_ROWS) {
+                let j1 = (j + K_PANEL_ROWS).min(rows);
+                dec.clear();
+                dec.extend(w[j * nb..j1 * nb].iter().map(|b| DecodedK::of(b)));
+                sweep!(
+                    $tile,
+                    [DecodedK, $d],
+                    2,
+                    4,
+                    &dec[..],
+                    a,
+                    nb,
+                    m,
+                    o.offset_cols(j)
+                );
+            }
+        }
+    }};
+}
+
+/// Weight rows of k-quants decoded together: 552 bytes per 256 values, so that a panel stays
+/// in the L2 cache.
+const K_PANEL_ROWS: usize = 32;
+
 #[inline(always)]
 unsafe fn chunk_q4k<D: Dot>(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    if m == 1 {
-        sweep!(tile_q4k_block, [D], 2, 1, w, a, nb, m, o);
+    // Without VNNI a `dpbusd` costs three instructions, and the transposed form gains nothing.
+    if m >= PREDECODE_MIN_ROWS && !D::SATURATES {
+        prompt_q4k::<D>(w, a, nb, m, o)
     } else {
-        sweep!(tile_q4k_block, [D], 2, 4, w, a, nb, m, o);
+        sweep_k!(tile_q4k_block, D, w, a, nb, m, o)
     }
 }
 
 #[inline(always)]
 unsafe fn chunk_q5k<D: Dot>(w: &[BlockQ5K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    if m == 1 {
-        sweep!(tile_q5k, [D], 2, 1, w, a, nb, m, o);
-    } else {
-        sweep!(tile_q5k, [D], 2, 4, w, a, nb, m, o);
-    }
+    sweep_k!(tile_q5k, D, w, a, nb, m, o)
 }
 
 #[inline(always)]
 unsafe fn chunk_q6k<D: Dot>(w: &[BlockQ6K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-    if m == 1 {
-        sweep!(tile_q6k, [D], 2, 1, w, a, nb, m, o);
-    } else {
-        sweep!(tile_q6k, [D], 2, 4, w, a, nb, m, o);
-    }
+    sweep_k!(tile_q6k, D, w, a, nb, m, o)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -952,16 +1478,28 @@ fn w32<W: W32, A: A32>(
     out: &mut [f32],
 ) {
     let w = cast::<W>(bytes);
+    let corr: Vec<[i32; 8]> = if m >= PREDECODE_MIN_ROWS && W::OFFSET != 0 {
+        let shift = W::OFFSET.trailing_zeros();
+        ns.iter().map(|v| v.map(|x| x << shift)).collect()
+    } else {
+        Vec::new()
+    };
+    let rows = Rows {
+        a,
+        d: ad,
+        ns,
+        corr: &corr,
+    };
     // SAFETY (all arms): `isa` was checked against the CPU by the caller.
     match isa {
-        Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_evex::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
+        Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
+            e_evex::w32(per_block, w, rows, nb, m, o)
         }),
-        Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_vnni::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
+        Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
+            e_vnni::w32(per_block, w, rows, nb, m, o)
         }),
-        _ => run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
-            e_avx2::w32(per_block, w, Rows { a, d: ad, ns }, nb, m, o)
+        _ => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
+            e_avx2::w32(per_block, w, rows, nb, m, o)
         }),
     }
 }

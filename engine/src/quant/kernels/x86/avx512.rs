@@ -206,7 +206,12 @@ unsafe fn chunk<W: W32x2, A: A32>(
         chunk_w32::<W, A, VnniEvex>(
             false,
             &w[full * nb..],
-            super::Rows { a, d: ad, ns },
+            super::Rows {
+                a,
+                d: ad,
+                ns,
+                corr: &[],
+            },
             nb,
             m,
             o.offset_cols(full),
