@@ -17,7 +17,10 @@ use candle_core::{
     DType, Device,
 };
 
-use crate::error::{EngineError, Result};
+use crate::{
+    download::select::SAFETENSORS_INDEX as INDEX,
+    error::{EngineError, Result},
+};
 
 pub enum Source {
     Gguf {
@@ -28,7 +31,11 @@ pub enum Source {
     Safetensors {
         dir: PathBuf,
         config: serde_json::Value,
+        /// The weight files present: with an index, a node may hold only its shard's files.
         tensors: MmapedSafetensors,
+        /// `metadata.total_size` of `model.safetensors.index.json`: the whole model's weights,
+        /// whichever files are here.
+        indexed_bytes: Option<u64>,
     },
 }
 
@@ -81,15 +88,22 @@ impl Source {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         files.sort();
-        if files.is_empty() {
+        // With an index the weight files may all be absent: a node fetches its shard's files
+        // when it is asked to run those layers, and reads only the model's description before.
+        let index = std::fs::read(dir.join(INDEX)).ok();
+        if files.is_empty() && index.is_none() {
             return Err(not_model("no *.safetensors files".into()));
         }
+        let indexed_bytes = index
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["metadata"]["total_size"].as_u64());
         // SAFETY: the files are opened read-only and exo-p2p never writes a model it has loaded.
         let tensors = unsafe { MmapedSafetensors::multi(&files) }?;
         Ok(Source::Safetensors {
             dir: dir.to_path_buf(),
             config,
             tensors,
+            indexed_bytes,
         })
     }
 
@@ -218,6 +232,10 @@ impl Source {
                         as u64
                 })
                 .sum(),
+            Source::Safetensors {
+                indexed_bytes: Some(n),
+                ..
+            } => *n,
             Source::Safetensors { tensors, .. } => tensors
                 .tensors()
                 .iter()

@@ -405,6 +405,38 @@ async fn safetensors_layer_range_fetches_only_needed_shards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safetensors_metadata_only_fetches_no_weights() {
+    let hub = MockHub::start().await;
+    add_safetensors_repo(&hub, "acme/st");
+    let home = tempfile::tempdir().unwrap();
+    let dl = downloader(&hub, home.path());
+    let r = parse_reference("acme/st");
+    let meta = PullOptions {
+        metadata_only: true,
+        ..Default::default()
+    };
+    let p = bounded(dl.pull(&r, &meta)).await.unwrap();
+    assert!(names(&p).contains(&"model.safetensors.index.json"));
+    assert!(
+        !names(&p).iter().any(|n| n.ends_with(".safetensors")),
+        "{:?}",
+        names(&p)
+    );
+    assert!(hub.requests("-of-00003.safetensors").is_empty() && hub.requests("cdn").is_empty());
+    let store = ModelStore::new(home.path());
+    assert!(store.resolve_metadata(&r).unwrap().is_some());
+    assert!(store.resolve(&r, None).unwrap().is_none());
+    // Held metadata: a metadata pull that prefers the store needs no hub.
+    hub.clear_log();
+    let again = PullOptions {
+        prefer_local: true,
+        ..meta
+    };
+    bounded(dl.pull(&r, &again)).await.unwrap();
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_dropped_connection_uses_range_and_206() {
     let hub = MockHub::start().await;
     let real = test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");

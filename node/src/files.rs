@@ -9,8 +9,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use exo_engine::download::{AltError, AltSource, AltStream, ModelStore, RemoteFile, RepoInfo};
-use exo_protocol::{FileRequest, FileRequestBody, FileResponse, FileResponseBody, MAX_CHUNK_BYTES};
+use exo_engine::download::{
+    AltError, AltSource, AltStream, HeldFile, ModelStore, RemoteFile, RepoInfo,
+};
+use exo_protocol::{
+    FileOffer, FileRequest, FileRequestBody, FileResponse, FileResponseBody, MAX_CHUNK_BYTES,
+};
 use futures::{stream, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
@@ -19,6 +23,18 @@ use crate::{
     network::{Client, InboundFile},
     topology::Topology,
 };
+
+/// The files this node holds, as its capability record offers them to peers.
+pub fn offers(held: Vec<HeldFile>) -> Vec<FileOffer> {
+    held.into_iter()
+        .map(|f| FileOffer {
+            repo: f.repo,
+            file: f.file,
+            size: f.size,
+            sha256: f.sha256,
+        })
+        .collect()
+}
 
 /// Answers peers' file requests from the local store.
 pub fn serve(store: ModelStore, client: Client, mut inbound: mpsc::Receiver<InboundFile>) {

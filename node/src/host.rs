@@ -16,13 +16,23 @@ use exo_protocol::{
 use libp2p::PeerId;
 use tokio::sync::Mutex;
 
-use crate::{metrics::Metrics, models::ModelRegistry, network::Client};
+use crate::{
+    files,
+    metrics::Metrics,
+    models::{Fetcher, ModelRegistry},
+    network::Client,
+};
 
 pub struct ShardHost {
     local: PeerId,
     client: Client,
     models: Arc<ModelRegistry>,
+    /// Fetches the weight files of a layer range before it is loaded.
+    fetcher: Arc<Fetcher>,
     limits: RunnerLimits,
+    /// Held while a shard is fetched and loaded: requests needing a shard that is on its way
+    /// wait for it (as long as their driver's request timeout allows) rather than fetch again.
+    loading: Mutex<()>,
     /// One loaded layer range per model; a new plan for the model replaces it (requests still
     /// using the old range keep it alive until they finish).
     shards: Mutex<HashMap<String, Arc<ShardRunner>>>,
@@ -51,6 +61,7 @@ impl ShardHost {
     pub fn new(
         client: Client,
         models: Arc<ModelRegistry>,
+        fetcher: Arc<Fetcher>,
         limits: RunnerLimits,
         record: CapabilityRecord,
         metrics: Arc<Metrics>,
@@ -59,7 +70,9 @@ impl ShardHost {
             local: client.local_peer_id(),
             client,
             models,
+            fetcher,
             limits,
+            loading: Mutex::new(()),
             shards: Mutex::new(HashMap::new()),
             record: std::sync::Mutex::new(record),
             metrics,
@@ -114,29 +127,57 @@ impl ShardHost {
         }
     }
 
-    /// The runner for `range` of `model`, loading it on first use.
+    /// The loaded runner for `range` of `model`, if that is what this node holds.
+    async fn current(&self, model: &str, range: LayerRange) -> Option<Arc<ShardRunner>> {
+        let shards = self.shards.lock().await;
+        shards
+            .get(model)
+            .filter(|r| r.model().range() == range)
+            .cloned()
+    }
+
+    /// The runner for `range` of `model`, fetching its weight files and loading it on first
+    /// use. This runs in the frame's own task: the network goes on meanwhile.
     async fn shard(
         &self,
         model: &str,
         range: LayerRange,
     ) -> Result<Arc<ShardRunner>, ActivationResponse> {
-        let mut shards = self.shards.lock().await;
-        if let Some(r) = shards.get(model).filter(|r| r.model().range() == range) {
-            return Ok(r.clone());
+        if let Some(r) = self.current(model, range).await {
+            return Ok(r);
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(r) = self.current(model, range).await {
+            return Ok(r);
         }
         let fail = |kind, msg: String| ActivationResponse::error(kind, self.local.to_string(), msg);
-        let path = self
+        let (path, hub) = self
             .models
             .get(model)
-            .map(|m| m.path.clone())
+            .map(|m| (m.path.clone(), m.hub.clone()))
             .ok_or_else(|| {
                 fail(
                     ErrorKind::Load,
                     format!("model {model} is not available on this node"),
                 )
             })?;
+        if let Some(hub) = hub {
+            let fetched = self.fetcher.shard_files(&hub, range).await.map_err(|e| {
+                tracing::warn!(model, %range, "{e:#}");
+                fail(ErrorKind::Load, format!("{e:#}"))
+            })?;
+            if !fetched.is_empty() {
+                // Peers that need the same files can now get them from this node.
+                self.publish_held_files().await;
+            }
+        }
         // Layers this node already holds for the model are taken over, not read again.
-        let previous = shards.get(model).map(|r| r.model().clone());
+        let previous = self
+            .shards
+            .lock()
+            .await
+            .get(model)
+            .map(|r| r.model().clone());
         let kept = previous.as_ref().map_or(0, |p| overlap(p.range(), range));
         tracing::info!(model, %range, kept_layers = kept, "loading shard");
         let start = std::time::Instant::now();
@@ -148,10 +189,21 @@ impl ShardHost {
         .map_err(|e| fail(ErrorKind::Load, format!("cannot load {model} {range}: {e}")))?;
         tracing::info!(model, %range, kept_layers = kept, secs = start.elapsed().as_secs_f32(), "shard loaded");
         let runner = Arc::new(ShardRunner::new(Arc::new(loaded), self.limits.clone()));
-        shards.insert(model.to_string(), runner.clone());
-        drop(shards);
+        self.shards
+            .lock()
+            .await
+            .insert(model.to_string(), runner.clone());
         self.publish(|_| {}).await;
         Ok(runner)
+    }
+
+    async fn publish_held_files(&self) {
+        let store = self.fetcher.store().clone();
+        match tokio::task::spawn_blocking(move || store.held_files()).await {
+            Ok(Ok(held)) => self.publish(|r| r.files = files::offers(held)).await,
+            Ok(Err(e)) => tracing::warn!("cannot list the files held: {e}"),
+            Err(e) => tracing::warn!("cannot list the files held: {e}"),
+        }
     }
 
     /// Runs a frame addressed to this node and returns the ring's answer.

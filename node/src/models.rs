@@ -5,15 +5,22 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 use anyhow::{Context, Result};
 use exo_engine::{
     download::{
-        parse_reference, Downloader, ModelRef, ModelStore, PullOptions, TerminalReporter, CATALOG,
+        parse_reference, Downloader, HubRef, ModelRef, ModelStore, PullOptions, TerminalReporter,
+        CATALOG,
     },
     ModelInfo,
 };
-use exo_protocol::ModelOffer;
+use exo_protocol::{LayerRange, ModelOffer};
 
 /// A model reference made into a local path: a path as is; `owner/repo[:QUANT]` or a catalog
 /// name from the store, or fetched (from peers first when the downloader has them, then the hub).
-pub async fn resolve(reference: &str, downloader: &Downloader) -> Result<PathBuf> {
+/// `metadata_only`: of a safetensors model with an index, only what describes it (a serving
+/// node fetches its shard's weights when it is given layers, see [`Fetcher::shard_files`]).
+pub async fn resolve(
+    reference: &str,
+    downloader: &Downloader,
+    metadata_only: bool,
+) -> Result<PathBuf> {
     let r = parse_reference(reference);
     if let ModelRef::Local(path) = &r {
         if !path.exists() {
@@ -26,44 +33,132 @@ pub async fn resolve(reference: &str, downloader: &Downloader) -> Result<PathBuf
         }
         return Ok(path.clone());
     }
-    let store = downloader.store().clone();
-    let r2 = r.clone();
-    if let Some(path) = tokio::task::spawn_blocking(move || store.resolve(&r2, None)).await?? {
+    if let Some(path) = resolve_local(reference, downloader.store(), metadata_only).await? {
         return Ok(path);
     }
-    tracing::info!(model = reference, "downloading");
+    tracing::info!(model = reference, metadata_only, "downloading");
+    let opts = PullOptions {
+        metadata_only,
+        ..Default::default()
+    };
     let pulled = downloader
-        .pull(&r, &PullOptions::default())
+        .pull(&r, &opts)
         .await
         .with_context(|| format!("cannot fetch model {reference}"))?;
     Ok(pulled.path)
 }
 
-/// A reference that needs no download: a local path, or a model already in the store.
-pub async fn resolve_local(reference: &str, store: &ModelStore) -> Result<Option<PathBuf>> {
+/// A reference that needs no download: a local path, or a model already in the store (with
+/// `metadata_only`, a safetensors model's description is enough).
+pub async fn resolve_local(
+    reference: &str,
+    store: &ModelStore,
+    metadata_only: bool,
+) -> Result<Option<PathBuf>> {
     match parse_reference(reference) {
         ModelRef::Local(path) if path.exists() => Ok(Some(path)),
         ModelRef::Local(_) => Ok(None),
         r => {
             let store = store.clone();
-            Ok(tokio::task::spawn_blocking(move || store.resolve(&r, None)).await??)
+            Ok(tokio::task::spawn_blocking(move || {
+                if metadata_only {
+                    store.resolve_metadata(&r)
+                } else {
+                    store.resolve(&r, None)
+                }
+            })
+            .await??)
         }
     }
 }
 
-/// [`resolve`] without a mesh: the store, then the hub, with progress on stderr.
+/// [`resolve`] without a mesh: the whole model from the store, else the hub, with progress on
+/// stderr.
 pub async fn resolve_standalone(reference: &str) -> Result<PathBuf> {
-    if let Some(path) = resolve_local(reference, &ModelStore::from_env()).await? {
+    if let Some(path) = resolve_local(reference, &ModelStore::from_env(), false).await? {
         return Ok(path);
     }
     let downloader =
         Downloader::from_env()?.with_progress(std::sync::Arc::new(TerminalReporter::new()));
-    resolve(reference, &downloader).await
+    resolve(reference, &downloader, false).await
+}
+
+type MakeDownloader = Box<dyn Fn() -> Result<Downloader> + Send + Sync>;
+
+/// A serving node's downloads: models at start-up and the weight files of the layer ranges it is
+/// given later. The downloader is made on first use, so a node whose models are all here starts
+/// on machines without CA certificates (an HTTPS client needs them).
+pub struct Fetcher {
+    store: ModelStore,
+    make: MakeDownloader,
+    downloader: tokio::sync::OnceCell<Downloader>,
+}
+
+impl Fetcher {
+    pub fn new(
+        store: ModelStore,
+        make: impl Fn() -> Result<Downloader> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            store,
+            make: Box::new(make),
+            downloader: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub fn store(&self) -> &ModelStore {
+        &self.store
+    }
+
+    pub async fn downloader(&self) -> Result<&Downloader> {
+        self.downloader
+            .get_or_try_init(|| async { (self.make)() })
+            .await
+    }
+
+    /// Makes the weight files holding `range` of `hub` (a safetensors model) available, from
+    /// the store, peers or the hub. Returns the names of the files it had to fetch.
+    pub async fn shard_files(&self, hub: &HubRef, range: LayerRange) -> Result<Vec<String>> {
+        let r = ModelRef::Hub(hub.clone());
+        let (store, r2) = (self.store.clone(), r.clone());
+        if tokio::task::spawn_blocking(move || store.resolve(&r2, Some(&range)))
+            .await??
+            .is_some()
+        {
+            return Ok(Vec::new());
+        }
+        tracing::info!(repo = %hub.repo, %range, "fetching the weight files for the layers");
+        let opts = PullOptions {
+            layers: Some(range),
+            prefer_local: true,
+            ..Default::default()
+        };
+        let pulled = self
+            .downloader()
+            .await?
+            .pull(&r, &opts)
+            .await
+            .with_context(|| format!("cannot fetch the weights of {hub} for layers {range}"))?;
+        let weights = |fetched: bool| -> Vec<String> {
+            pulled
+                .files
+                .iter()
+                .filter(|f| f.name.ends_with(".safetensors") && (f.fetched || !fetched))
+                .map(|f| f.name.clone())
+                .collect()
+        };
+        let fetched = weights(true);
+        tracing::info!(repo = %hub.repo, %range, files = ?weights(false), ?fetched, "weight files for the layers are here");
+        Ok(fetched)
+    }
 }
 
 pub struct LocalModel {
     pub path: PathBuf,
     pub info: Arc<ModelInfo>,
+    /// Where to fetch the weight files of a layer range from, for a safetensors model served by
+    /// reference (the node may hold only its description).
+    pub hub: Option<HubRef>,
 }
 
 impl LocalModel {
@@ -98,6 +193,7 @@ impl ModelRegistry {
                 LocalModel {
                     path: path.clone(),
                     info: Arc::new(info),
+                    hub: None,
                 },
             );
         }
@@ -105,6 +201,13 @@ impl ModelRegistry {
             models,
             aliases: BTreeMap::new(),
         })
+    }
+
+    /// Records that the weights of model `id` (a safetensors directory) come from `hub`.
+    pub fn fetch_from(&mut self, id: &str, hub: HubRef) {
+        if let Some(m) = self.models.get_mut(id).filter(|m| m.path.is_dir()) {
+            m.hub = Some(hub);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&LocalModel> {

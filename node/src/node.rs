@@ -8,15 +8,16 @@ use exo_engine::RunnerLimits;
 use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, Plan};
 use tokio::sync::watch;
 
-use exo_engine::download::{DownloadTracker, Downloader, ModelStore, TerminalReporter};
-use exo_protocol::FileOffer;
+use exo_engine::download::{
+    parse_reference, DownloadTracker, Downloader, ModelRef, ModelStore, TerminalReporter,
+};
 
 use crate::{
     files::{self, PeerFiles},
     host::ShardHost,
     identity,
     metrics::Metrics,
-    models::{self, ModelRegistry},
+    models::{self, Fetcher, ModelRegistry},
     network::{self, Client, Discovery, Inbound, NetworkConfig},
     ring::Ring,
     sysinfo,
@@ -67,39 +68,44 @@ impl Node {
         tracing::info!(peer_id = %client.local_peer_id(), "node started");
 
         // Model files: served to peers from the store; models named by reference are fetched
-        // (from peers first, then the hub) before this node offers them.
+        // (from peers first, then the hub) before this node offers them. Of a safetensors model
+        // with an index only the description is fetched now: the weight files of the layers this
+        // node is given come when it is given them (see `ShardHost`).
         let store = ModelStore::from_env();
         files::serve(store.clone(), client.clone(), files);
         let downloads = DownloadTracker::new();
-        // The downloader (an HTTPS client) is made only when a model must be fetched, so a node
-        // with local models starts on machines without CA certificates.
-        let mut downloader = None;
+        let fetcher = {
+            let (client, topology, downloads) =
+                (client.clone(), topology.clone(), downloads.clone());
+            Arc::new(Fetcher::new(store.clone(), move || {
+                Ok(Downloader::from_env()?
+                    .with_alt_source(Arc::new(PeerFiles {
+                        client: client.clone(),
+                        topology: topology.clone(),
+                        wait: peer_wait,
+                    }))
+                    .with_progress(downloads.clone())
+                    .with_progress(Arc::new(TerminalReporter::new())))
+            }))
+        };
         let mut paths = Vec::new();
         for reference in &opts.models {
-            if let Some(path) = models::resolve_local(reference, &store).await? {
+            if let Some(path) = models::resolve_local(reference, &store, true).await? {
                 paths.push(path);
                 continue;
             }
-            if downloader.is_none() {
-                downloader = Some(
-                    Downloader::from_env()?
-                        .with_alt_source(Arc::new(PeerFiles {
-                            client: client.clone(),
-                            topology: topology.clone(),
-                            wait: peer_wait,
-                        }))
-                        .with_progress(downloads.clone())
-                        .with_progress(Arc::new(TerminalReporter::new())),
-                );
-            }
-            let dl = downloader.as_ref().expect("just made");
-            paths.push(models::resolve(reference, dl).await?);
+            let dl = fetcher.downloader().await?;
+            paths.push(models::resolve(reference, dl, true).await?);
         }
         let loaded = paths.clone();
         let mut registry =
             tokio::task::spawn_blocking(move || ModelRegistry::load(&loaded)).await??;
         for (reference, path) in opts.models.iter().zip(&paths) {
-            registry.alias(reference, &exo_engine::model_id(path));
+            let id = exo_engine::model_id(path);
+            registry.alias(reference, &id);
+            if let ModelRef::Hub(hub) = parse_reference(reference) {
+                registry.fetch_from(&id, hub);
+            }
         }
         let models = Arc::new(registry);
         let held = {
@@ -114,21 +120,14 @@ impl Node {
         record.compute_score = tokio::task::spawn_blocking(sysinfo::compute_score).await?;
         record.cpu = sysinfo::cpu_description(opts.threads);
         record.models = models.offers();
-        record.files = held
-            .into_iter()
-            .map(|f| FileOffer {
-                repo: f.repo,
-                file: f.file,
-                size: f.size,
-                sha256: f.sha256,
-            })
-            .collect();
+        record.files = files::offers(held);
         record.api_port = opts.api_port;
         record.software = crate::cli::VERSION.to_string();
         let metrics = Arc::new(Metrics::default());
         let host = Arc::new(ShardHost::new(
             client.clone(),
             models.clone(),
+            fetcher,
             opts.limits.clone(),
             record,
             metrics.clone(),

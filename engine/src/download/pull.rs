@@ -18,7 +18,7 @@ use super::{
     progress::{Fanout, FileProgress, FileStatus, Progress, SOURCE_HUB},
     reference::{catalog_names, HubRef, ModelRef},
     select::{self, Plan},
-    store::ModelStore,
+    store::{ModelStore, Need},
 };
 
 /// The most files downloaded at once.
@@ -58,6 +58,11 @@ impl RetryPolicy {
 pub struct PullOptions {
     /// Only the safetensors shards holding these layers (GGUF files are always whole).
     pub layers: Option<LayerRange>,
+    /// No weights of a safetensors model with an index, only its settings, tokenizer and index:
+    /// enough to describe the model and advertise it, for a node that fetches its shard's files
+    /// (with `layers`) once it is given layers to run. GGUF files and unindexed safetensors
+    /// weights, which every node needs whole, are fetched as usual.
+    pub metadata_only: bool,
     /// Overrides the reference's revision (branch, tag or commit).
     pub revision: Option<String>,
     /// Use the store's copy without asking the hub or peers when it has every file needed.
@@ -180,16 +185,20 @@ impl Downloader {
         if let Some(rev) = &opts.revision {
             h.revision = rev.clone();
         }
-        let layers = opts.layers.as_ref();
+        let need = if opts.metadata_only {
+            Need::Metadata
+        } else {
+            Need::from(opts.layers.as_ref())
+        };
         if opts.prefer_local {
-            if let Some(m) = self.stored_copy(&h, layers)? {
+            if let Some(m) = self.stored_copy(&h, need)? {
                 tracing::info!(repo = %h.repo, "using the store's copy");
                 return Ok(m);
             }
         }
         let info = match self.repo_info(&h).await {
             Ok(info) => info,
-            Err(e) if e.is_unreachable() => match self.stored_copy(&h, layers)? {
+            Err(e) if e.is_unreachable() => match self.stored_copy(&h, need)? {
                 Some(m) => {
                     tracing::warn!(repo = %h.repo, "cannot reach the hub ({e}); using the store's copy");
                     return Ok(m);
@@ -232,9 +241,10 @@ impl Downloader {
                             .await
                             .map_err(|e| DownloadError::io("read", &path, e))?;
                         done.push(f);
-                        match layers {
-                            Some(r) => select::files_for_layers(&h.repo, &bytes, r)?,
-                            None => select::indexed_files(&h.repo, &bytes)?,
+                        match need {
+                            Need::Layers(r) => select::files_for_layers(&h.repo, &bytes, &r)?,
+                            Need::All => select::indexed_files(&h.repo, &bytes)?,
+                            Need::Metadata => Vec::new(),
                         }
                     }
                     None => weights,
@@ -250,8 +260,11 @@ impl Downloader {
         for f in &wanted {
             self.report(&ctx, f, 0, None, SOURCE_HUB, FileStatus::Queued, None);
         }
-        let fetched: Vec<PulledFile> = futures_util::stream::iter(wanted.iter())
-            .map(|f| self.fetch_file(&ctx, f))
+        // Owned names: a closure over borrowed ones makes this future not provably `Send`
+        // (rust-lang/rust#102211), and nodes pull inside spawned tasks.
+        let ctx = &ctx;
+        let fetched: Vec<PulledFile> = futures_util::stream::iter(wanted.iter().cloned())
+            .map(|f| async move { self.fetch_file(ctx, &f).await })
             .buffer_unordered(self.max_parallel)
             .try_collect()
             .await?;
@@ -292,9 +305,9 @@ impl Downloader {
     }
 
     /// The store's copy when it has every file `h` needs.
-    fn stored_copy(&self, h: &HubRef, layers: Option<&LayerRange>) -> Result<Option<PulledModel>> {
+    fn stored_copy(&self, h: &HubRef, need: Need) -> Result<Option<PulledModel>> {
         let r = ModelRef::Hub(h.clone());
-        let Some(path) = self.store.resolve(&r, layers)? else {
+        let Some(path) = self.store.resolve_for(&r, need)? else {
             return Ok(None);
         };
         let Some(m) = self.store.manifest(&h.repo)? else {

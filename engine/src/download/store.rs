@@ -30,6 +30,23 @@ use super::{
 
 const LOCK_FILE: &str = ".exo-lock";
 
+/// Which weight files of an indexed safetensors model are wanted (GGUF files are always whole,
+/// and so are the weights of a safetensors model without an index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    All,
+    /// The files holding these layers.
+    Layers(LayerRange),
+    /// None: only the settings, tokenizer and index.
+    Metadata,
+}
+
+impl From<Option<&LayerRange>> for Need {
+    fn from(layers: Option<&LayerRange>) -> Self {
+        layers.map_or(Need::All, |r| Need::Layers(*r))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     root: PathBuf,
@@ -210,6 +227,16 @@ impl ModelStore {
     /// The path to open for `r` when everything it needs is already here (`layers`: only the
     /// safetensors shards for that range), without touching the network.
     pub fn resolve(&self, r: &ModelRef, layers: Option<&LayerRange>) -> Result<Option<PathBuf>> {
+        self.resolve_for(r, Need::from(layers))
+    }
+
+    /// [`Self::resolve`] for a node that fetches its shard's weights later: a safetensors model
+    /// with an index needs only its settings, tokenizer and index here.
+    pub fn resolve_metadata(&self, r: &ModelRef) -> Result<Option<PathBuf>> {
+        self.resolve_for(r, Need::Metadata)
+    }
+
+    pub(crate) fn resolve_for(&self, r: &ModelRef, need: Need) -> Result<Option<PathBuf>> {
         match r {
             ModelRef::Local(p) if p.exists() => Ok(Some(p.clone())),
             ModelRef::Local(p) => Err(DownloadError::BadReference(
@@ -224,7 +251,7 @@ impl ModelStore {
                     return Ok(None);
                 }
                 let dir = self.repo_dir(&h.repo);
-                let Some((path, needed)) = self.needed_files(&m, h, layers)? else {
+                let Some((path, needed)) = self.needed_files(&m, h, need)? else {
                     return Ok(None);
                 };
                 let all_held = needed.iter().all(|f| self.is_held(&dir, &m, f));
@@ -239,7 +266,7 @@ impl ModelStore {
         &self,
         m: &Manifest,
         h: &HubRef,
-        layers: Option<&LayerRange>,
+        need: Need,
     ) -> Result<Option<(String, Vec<String>)>> {
         let names: Vec<String> = m.siblings.iter().map(|s| s.rfilename.clone()).collect();
         let dir = self.repo_dir(&h.repo);
@@ -258,9 +285,10 @@ impl ModelStore {
                         let path = dir.join(&index);
                         let bytes = std::fs::read(&path)
                             .map_err(|e| DownloadError::io("read", &path, e))?;
-                        match layers {
-                            Some(r) => select::files_for_layers(&h.repo, &bytes, r)?,
-                            None => select::indexed_files(&h.repo, &bytes)?,
+                        match need {
+                            Need::Layers(r) => select::files_for_layers(&h.repo, &bytes, &r)?,
+                            Need::All => select::indexed_files(&h.repo, &bytes)?,
+                            Need::Metadata => Vec::new(),
                         }
                     }
                     None => weights,
