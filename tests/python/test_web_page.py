@@ -222,9 +222,7 @@ def test_chat_streams_with_figures_and_topology(browser, base_url, api_key, mode
     assert path.stat().st_size > 10_000
 
 
-def test_stop_button_cancels_the_stream(browser, base_url, api_key, is_fake):
-    if not is_fake:
-        pytest.skip("needs the fake server's endless model")
+def test_stop_button_cancels_the_stream(browser, base_url, api_key, model, is_fake):
     from selenium.webdriver.common.by import By
 
     def disconnects():
@@ -234,9 +232,19 @@ def test_stop_button_cancels_the_stream(browser, base_url, api_key, is_fake):
 
     before = disconnects()
     open_page(browser, base_url, api_key)
-    pick_model(browser, "fake-endless")
-    send(browser, "go on forever")
-    wait_for(lambda: assistant_bodies(browser)[-1].text.count("tick") >= 5, what="ticks streaming")
+    if is_fake:
+        pick_model(browser, "fake-endless")
+        send(browser, "go on forever")
+        wait_for(lambda: assistant_bodies(browser)[-1].text.count("tick") >= 5, what="ticks streaming")
+    else:
+        # A real model asked for a long answer, stopped after its first words.
+        pick_model(browser, model)
+        earlier = len(assistant_bodies(browser))
+        send(browser, "Count from 1 to 500, one number per line, nothing else.")
+        wait_for(
+            lambda: len(assistant_bodies(browser)) > earlier and len(assistant_bodies(browser)[-1].text) >= 12,
+            what="the answer streaming",
+        )
     browser.find_element(By.ID, "stop").click()
     wait_for(lambda: browser.find_element(By.ID, "send").is_enabled(), what="send enabled after stop")
     assert browser.find_element(By.ID, "status").text == "stopped"
