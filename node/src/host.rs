@@ -254,10 +254,14 @@ impl ShardHost {
         );
         let step_key = key.clone();
         self.metrics.frames.inc();
-        let out = tokio::task::spawn_blocking(move || {
-            runner.step(&step_key, position, &tokens, hidden, &sampling)
-        })
-        .await;
+        // The forward pass runs on this worker thread (the runtime hands its other tasks to
+        // another worker): no hand-off to a blocking-pool thread that must first be woken,
+        // which on idle cores is a large part of a decode step's hop latency.
+        let out = tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runner.step(&step_key, position, &tokens, hidden, &sampling)
+            }))
+        });
         match out {
             Ok(Ok(StepOutput::Token(t))) => ActivationResponse::new(Outcome::Token(t)),
             Ok(Ok(StepOutput::Hidden(h))) => {
@@ -273,10 +277,10 @@ impl ShardHost {
                 }
             }
             Ok(Err(e)) => engine_error(&self.local, e),
-            Err(e) => ActivationResponse::error(
+            Err(panic) => ActivationResponse::error(
                 ErrorKind::Compute,
                 local,
-                format!("forward pass panicked: {e}"),
+                format!("forward pass panicked: {}", panic_message(&*panic)),
             ),
         }
     }
@@ -313,4 +317,12 @@ impl ShardHost {
             Err(e) => ActivationResponse::error(ErrorKind::Unreachable, peer_str, e.to_string()),
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
 }
