@@ -45,10 +45,7 @@ fn mdns_discovers_a_node_on_the_same_lan() {
     for (i, (_, _, log)) in nodes.iter().enumerate() {
         let other = &peer_ids[1 - i];
         wait_until(Duration::from_secs(30), "mDNS discovery", || {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            text.lines()
-                .any(|l| l.contains("node joined the topology") && l.contains(other.as_str()))
-                .then_some(())
+            log_shows_join(log, other).then_some(())
         });
     }
     for (mut child, home, _) in nodes {

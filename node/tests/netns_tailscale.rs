@@ -72,11 +72,7 @@ fn tailscale_peers_are_found_and_joined() {
     for (i, (_, _, log)) in nodes.iter().enumerate() {
         let other = &ids[1 - i];
         wait_until(Duration::from_secs(40), "Tailscale discovery", || {
-            std::fs::read_to_string(log)
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.contains("node joined the topology") && l.contains(other.as_str()))
-                .then_some(())
+            log_shows_join(log, other).then_some(())
         });
     }
     for (mut child, home, _) in nodes {

@@ -392,22 +392,7 @@ impl Downloader {
         let known = known(ctx.info, file);
         if let Some(rec) = ctx.manifest.as_ref().and_then(|m| m.files.get(file)) {
             if is_current(rec, &dest, &known, ctx.info.sha.as_deref()).await {
-                self.report(
-                    ctx,
-                    file,
-                    rec.size,
-                    Some(rec.size),
-                    &rec.source,
-                    FileStatus::Cached,
-                    None,
-                );
-                return Ok(PulledFile {
-                    name: file.into(),
-                    size: rec.size,
-                    sha256: rec.sha256.clone(),
-                    source: rec.source.clone(),
-                    fetched: false,
-                });
+                return Ok(self.already_held(ctx, file, rec.clone()));
             }
         }
         let part = PartFile::new(dest);
@@ -655,6 +640,11 @@ impl Downloader {
         let mut rec = rec.clone();
         rec.commit = commit.clone().or(ctx.info.sha.clone());
         self.record(ctx, file, rec.clone()).await?;
+        Ok(Some(self.already_held(ctx, file, rec)))
+    }
+
+    /// A file the store already holds intact: reported as cached, nothing fetched.
+    fn already_held(&self, ctx: &PullCtx<'_>, file: &str, rec: FileRecord) -> PulledFile {
         self.report(
             ctx,
             file,
@@ -664,13 +654,13 @@ impl Downloader {
             FileStatus::Cached,
             None,
         );
-        Ok(Some(PulledFile {
+        PulledFile {
             name: file.into(),
             size: rec.size,
             sha256: rec.sha256,
             source: rec.source,
             fetched: false,
-        }))
+        }
     }
 
     /// Streams `body` into the part, reporting progress. On a failure the bytes so far stay in

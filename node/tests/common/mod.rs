@@ -60,6 +60,14 @@ fn rand_suffix() -> u64 {
 }
 
 /// Polls `f` every 100 ms until it returns Some, or panics after `timeout` with `what`.
+/// Whether the node log at `log` says that `peer` joined this node's topology.
+pub fn log_shows_join(log: &std::path::Path, peer: &str) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("node joined the topology") && l.contains(peer))
+}
+
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
