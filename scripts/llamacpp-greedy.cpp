@@ -317,7 +317,7 @@ int main(int argc, char ** argv) {
             return 1;
         }
 
-        std::vector<llama_token> out;
+        std::vector<llama_token> out, seconds;
         std::vector<float> gaps;
         std::string continuation;
         llama_token next = 0;
@@ -342,6 +342,7 @@ int main(int argc, char ** argv) {
             const float gap = logits[best] - logits[second];
             const std::string text = piece(vocab, best);
             out.push_back(best);
+            seconds.push_back(second);
             gaps.push_back(gap);
             const bool eog = llama_vocab_is_eog(vocab, best);
             if (!o.per_prompt) {
@@ -356,9 +357,12 @@ int main(int argc, char ** argv) {
             continuation += text;
         }
         if (o.per_prompt) {
-            printf("{\"prompt\":%s,\"prompt_ids\":%s,\"ids\":%s,\"gaps\":%s,\"continuation\":%s}\n",
-                   prompt.given_as_ids ? "null" : json_string(prompt.text).c_str(), ids_json(ids).c_str(),
-                   ids_json(out).c_str(), floats_json(gaps).c_str(), json_string(continuation).c_str());
+            const bool bos = !prompt.given_as_ids && llama_vocab_get_add_bos(vocab);
+            printf("{\"prompt\":%s,\"bos\":%s,\"prompt_ids\":%s,\"ids\":%s,\"second_ids\":%s,\"gaps\":%s,"
+                   "\"continuation\":%s}\n",
+                   prompt.given_as_ids ? "null" : json_string(prompt.text).c_str(), bos ? "true" : "false",
+                   ids_json(ids).c_str(), ids_json(out).c_str(), ids_json(seconds).c_str(), floats_json(gaps).c_str(),
+                   json_string(continuation).c_str());
         }
         fflush(stdout);
         llama_free(ctx);

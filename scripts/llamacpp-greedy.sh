@@ -24,9 +24,11 @@
 # second_logit, the margin greedy had at that step):
 #   {"prompt":0,"step":0,"id":35935,"text":" jumps","logit":20.13,"second_id":...,"second_text":...,
 #    "second_logit":17.2,"gap":2.93,"eog":false}
-# With --per-prompt, one line per prompt (continuation = the pieces concatenated, without the
-# end-of-generation token; ids and gaps include it):
-#   {"prompt":"The quick brown fox","prompt_ids":[2,...],"ids":[...],"gaps":[...],"continuation":"..."}
+# With --per-prompt, one line per prompt (bos = a BOS token was added; second_ids = the runner-up
+# of each step; continuation = the pieces concatenated, without the end-of-generation token; ids,
+# second_ids and gaps include it; prompt is null for --ids):
+#   {"prompt":"The quick brown fox","bos":true,"prompt_ids":[2,...],"ids":[...],"second_ids":[...],
+#    "gaps":[...],"continuation":"..."}
 #
 # The defaults are the reference numerics for greedy comparisons (flash attention on, no repack,
 # no tiled matmul). The tool is compiled once with g++ against the llama.cpp that
