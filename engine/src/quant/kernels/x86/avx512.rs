@@ -5,7 +5,8 @@
 use std::arch::x86_64::*;
 
 use super::super::super::{blocks::*, run_chunks, ActData, Activations, OutPtr, WeightType};
-use super::{chunk_w32, hsum8, prefetch_slice, VnniEvex, A32, W32};
+use super::quants::{chunk_w32, Rows, A32, W32};
+use super::simd::{hsum8, prefetch_slice, VnniEvex};
 
 /// Two weight blocks (rows `r` and `r+1`) as unsigned bytes: row `r` in the low 256 bits.
 pub(crate) trait W32x2: W32 {
@@ -206,7 +207,7 @@ unsafe fn chunk<W: W32x2, A: A32>(
         chunk_w32::<W, A, VnniEvex>(
             false,
             &w[full * nb..],
-            super::Rows {
+            Rows {
                 a,
                 d: ad,
                 ns,
