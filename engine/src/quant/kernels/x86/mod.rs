@@ -89,7 +89,7 @@ macro_rules! sweep_k {
                 dec.extend(w[j * nb..j1 * nb].iter().map(|b| DecodedK::of(b)));
                 sweep!(
                     $tile,
-                    [DecodedK, $d],
+                    [DecodedK<_>, $d],
                     2,
                     4,
                     &dec[..],
@@ -122,14 +122,14 @@ macro_rules! entries {
             use super::*;
             #[target_feature(enable = $features)]
             pub unsafe fn w32<W: W32, A: A32>(
-                per_block: bool,
+                mode: u8,
                 w: &[W],
                 a: Rows<'_, A>,
                 nb: usize,
                 m: usize,
                 o: OutPtr,
             ) {
-                chunk_w32::<W, A, $d>(per_block, w, a, nb, m, o)
+                chunk_w32::<W, A, $d>(mode, w, a, nb, m, o)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q4k(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
@@ -140,8 +140,25 @@ macro_rules! entries {
                 chunk_q5k::<$d>(w, a, nb, m, o)
             }
             #[target_feature(enable = $features)]
-            pub unsafe fn q6k(w: &[BlockQ6K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-                chunk_q6k::<$d>(w, a, nb, m, o)
+            pub unsafe fn q4k_lanes(
+                w: &[BlockQ4K],
+                a: &[BlockQ8K],
+                nb: usize,
+                m: usize,
+                o: OutPtr,
+            ) {
+                chunk_q4k_lanes::<$d>(w, a, nb, m, o)
+            }
+            /// Q2_K, Q3_K, Q6_K, IQ4_XS.
+            #[target_feature(enable = $features)]
+            pub unsafe fn k_lanes<B: KBlock>(
+                w: &[B],
+                a: &[BlockQ8K],
+                nb: usize,
+                m: usize,
+                o: OutPtr,
+            ) {
+                chunk_k_lanes::<B, $d>(w, a, nb, m, o)
             }
         }
     };
@@ -161,7 +178,7 @@ fn cast<W: Pod>(bytes: &[u8]) -> &[W] {
 
 fn w32<W: W32, A: A32>(
     isa: Isa,
-    per_block: bool,
+    mode: u8,
     bytes: &[u8],
     n: usize,
     nb: usize,
@@ -187,13 +204,13 @@ fn w32<W: W32, A: A32>(
     // SAFETY (all arms): `isa` was checked against the CPU by the caller.
     match isa {
         Isa::Avx512 => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
-            e_evex::w32(per_block, w, rows, nb, m, o)
+            e_evex::w32(mode, w, rows, nb, m, o)
         }),
         Isa::AvxVnni => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
-            e_vnni::w32(per_block, w, rows, nb, m, o)
+            e_vnni::w32(mode, w, rows, nb, m, o)
         }),
         _ => run_chunks(w, n, nb, a, m, out, &|w, _, nb, m, o| unsafe {
-            e_avx2::w32(per_block, w, rows, nb, m, o)
+            e_avx2::w32(mode, w, rows, nb, m, o)
         }),
     }
 }
@@ -234,19 +251,25 @@ pub(crate) fn matmul(
     }
     match (ty, &acts.data) {
         (WeightType::Q4_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ4_0, _>(isa, repacked, bytes, n, nb, a, ad, ns, m, out)
+            let mode = if repacked { acc::PER_BLOCK } else { acc::LANES };
+            w32::<BlockQ4_0, _>(isa, mode, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q5_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ5_0, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
+            w32::<BlockQ5_0, _>(isa, acc::LANES, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q8_0, ActData::Q8_0(a)) => {
-            w32::<BlockQ8_0, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
+            w32::<BlockQ8_0, _>(isa, acc::LANES, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q4_1, ActData::Q8_1(a)) => {
-            w32::<BlockQ4_1, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
+            w32::<BlockQ4_1, _>(isa, acc::LANES, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q5_1, ActData::Q8_1(a)) => {
-            w32::<BlockQ5_1, _>(isa, false, bytes, n, nb, a, ad, ns, m, out)
+            w32::<BlockQ5_1, _>(isa, acc::LANES, bytes, n, nb, a, ad, ns, m, out)
+        }
+        // ggml's vec_dot for one row (decoding), tinyBLAS for prompts.
+        (WeightType::IQ4NL, ActData::Q8_0(a)) => {
+            let mode = if m == 1 { acc::PAIRS } else { acc::LANES };
+            w32::<BlockIQ4NL, _>(isa, mode, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q4K, ActData::Q8K(a)) if repacked => {
             kq!(q4k, BlockQ4K, isa, bytes, n, nb, a.for_repacked(), m, out)
@@ -254,8 +277,20 @@ pub(crate) fn matmul(
         (WeightType::Q5K, ActData::Q8K(a)) => {
             kq!(q5k, BlockQ5K, isa, bytes, n, nb, &a.rows, m, out)
         }
+        (WeightType::Q4K, ActData::Q8K(a)) => {
+            kq!(q4k_lanes, BlockQ4K, isa, bytes, n, nb, &a.rows, m, out)
+        }
+        (WeightType::Q2K, ActData::Q8K(a)) => {
+            kq!(k_lanes, BlockQ2K, isa, bytes, n, nb, &a.rows, m, out)
+        }
+        (WeightType::Q3K, ActData::Q8K(a)) => {
+            kq!(k_lanes, BlockQ3K, isa, bytes, n, nb, &a.rows, m, out)
+        }
         (WeightType::Q6K, ActData::Q8K(a)) => {
-            kq!(q6k, BlockQ6K, isa, bytes, n, nb, &a.rows, m, out)
+            kq!(k_lanes, BlockQ6K, isa, bytes, n, nb, &a.rows, m, out)
+        }
+        (WeightType::IQ4XS, ActData::Q8K(a)) => {
+            kq!(k_lanes, BlockIQ4XS, isa, bytes, n, nb, &a.rows, m, out)
         }
         _ => return false,
     }

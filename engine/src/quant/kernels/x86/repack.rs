@@ -189,12 +189,7 @@ pub(super) unsafe fn tile_q4k_block<B: KBlock, D: Dot, const RW: usize, const RA
         let wb = views::<B, RW>(w, nb, b);
         let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
         let mins: [__m256i; RW] = std::array::from_fn(|r| wb[r].extra());
-        let is = kq_lanes::<D, RW, RA>(
-            |r, c| wb[r].sub(c),
-            |r, c| wb[r].scale(c),
-            ab,
-            [[_mm256_setzero_si256(); RA]; RW],
-        );
+        let is = kq_lanes::<_, D, RW, RA>(&wb, ab, [[_mm256_setzero_si256(); RA]; RW]);
         if RW * RA == 8 {
             // Eight pairs: reduce their sums into one vector and do the float steps on 8 lanes
             // (lane r * RA + i); each lane computes exactly the scalar operations.
