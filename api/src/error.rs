@@ -1,9 +1,9 @@
-//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the status
-//! OpenAI's clients map to their exception types.
+//! One error type for every surface: a status, a message and OpenAI-style `type`/`param`/`code`
+//! details. Handlers and extractors return it; the surface that answers renders it in its own
+//! shape (OpenAI, Anthropic or Ollama JSON, see [`crate::core::errors`]).
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
 
 use crate::backend::BackendError;
 
@@ -91,18 +91,6 @@ impl ApiError {
             .with_code("upstream_timeout")
     }
 
-    /// The body without the status: also what an SSE error event carries.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        })
-    }
-
     /// A generic error for a status (used to reshape responses axum or an upstream made).
     pub fn for_status(status: StatusCode) -> Self {
         let reason = status.canonical_reason().unwrap_or("error");
@@ -135,18 +123,10 @@ impl From<BackendError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// A bare status carrying the error: the surface's error layer renders the body.
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.to_json())).into_response();
-        let headers = response.headers_mut();
-        match self.status {
-            StatusCode::TOO_MANY_REQUESTS => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
-        }
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(self);
         response
     }
 }

@@ -7,8 +7,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::core::AppState;
 use crate::error::ApiError;
-use crate::AppState;
 
 /// A JSON object body, not yet typed: upstream requests are forwarded as the client sent them.
 pub struct JsonObject(pub Value);

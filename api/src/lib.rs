@@ -7,31 +7,24 @@
 //! ```
 
 pub mod backend;
-mod chat;
-mod completions;
 mod config;
+mod core;
 pub mod error;
 mod extract;
-mod generate;
-mod limit;
-mod metrics;
 mod middleware;
-mod models;
-pub mod openai;
 mod server;
 mod status;
-pub mod upstream;
+mod surfaces;
 mod web;
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
-use serde_json::Value;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tracing::{info, Span};
 
 pub use backend::{
     Backend, BackendError, ChatMessage, GenerateRequest, Generation, GenerationEvent, Health,
@@ -40,11 +33,13 @@ pub use backend::{
 pub use config::{ApiConfig, Cors, DEFAULT_PORT};
 pub use error::ApiError;
 pub use server::{serve, serve_router, serve_with_shutdown, ServerOptions};
+pub use surfaces::openai::{types as openai, upstream};
 pub use upstream::{ConfigFormat, Provider, UpstreamConfig, UpstreamConfigError};
 
-use limit::{Limiter, Slot};
-use metrics::ApiMetrics;
-use upstream::Upstream;
+use crate::core::limit::Limiter;
+use crate::core::metrics::ApiMetrics;
+use crate::core::{errors, AppState};
+use surfaces::openai::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -54,44 +49,6 @@ pub enum ServeError {
     CorsOrigin(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// What every handler shares.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    backend: Arc<dyn Backend>,
-    config: Arc<ApiConfig>,
-    limiter: Arc<Limiter>,
-    metrics: Arc<ApiMetrics>,
-    upstream: Arc<Upstream>,
-}
-
-impl AppState {
-    async fn acquire(&self) -> Result<Slot, ApiError> {
-        self.limiter.acquire().await
-    }
-
-    /// Forwards the request if an upstream provider serves its model; `None` leaves it to the
-    /// mesh.
-    async fn upstream_route(
-        &self,
-        body: &Value,
-        endpoint: &str,
-    ) -> Result<Option<Response>, ApiError> {
-        let Some(model) = body.get("model").and_then(Value::as_str) else {
-            return Ok(None);
-        };
-        let Some((provider, upstream_model)) = self.upstream.config.route(model) else {
-            return Ok(None);
-        };
-        let slot = self.acquire().await?;
-        Span::current().record("completion_id", "upstream");
-        info!(provider = %provider.name, model, "forwarding to upstream provider");
-        self.upstream
-            .forward(provider, endpoint, body.clone(), upstream_model, slot)
-            .await
-            .map(Some)
-    }
 }
 
 fn cors_layer(cors: &Cors) -> Result<Option<CorsLayer>, ServeError> {
@@ -122,8 +79,8 @@ fn cors_layer(cors: &Cors) -> Result<Option<CorsLayer>, ServeError> {
 }
 
 /// The API as an axum router, for the node to serve (see [`serve_router`]) or merge into its
-/// own. Routes: `/`, `/health`, `/metrics`, `/v1/models[/{id}]`, `/v1/chat/completions`,
-/// `/v1/completions`, `/v1/topology`, `/v1/downloads`.
+/// own. Routes: `/`, `/health`, each surface's (see [`surfaces`]), and the node's own views
+/// `/v1/topology`, `/v1/downloads`, `/metrics` (behind the API key, OpenAI-shaped errors).
 pub fn router(backend: Arc<dyn Backend>, config: ApiConfig) -> Result<Router, ServeError> {
     let cors = cors_layer(&config.cors)?;
     let upstream = Upstream::new(config.upstream.clone())
@@ -139,31 +96,40 @@ pub fn router(backend: Arc<dyn Backend>, config: ApiConfig) -> Result<Router, Se
         metrics: Arc::new(ApiMetrics::default()),
         upstream: Arc::new(upstream),
     };
-    let protected = Router::new()
-        .route("/v1/models", get(models::list_models))
-        .route("/v1/models/{*id}", get(models::get_model))
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/topology", get(status::topology))
-        .route("/v1/downloads", get(status::downloads))
-        .route("/metrics", get(status::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::require_api_key,
-        ));
-    let open = Router::new()
-        .route("/", get(web::index))
-        .route("/static/{file}", get(web::static_file))
-        .route("/health", get(status::health));
+    let node_views = surfaces::openai::protect(
+        &state,
+        Router::new()
+            .route("/v1/topology", get(status::topology))
+            .route("/v1/downloads", get(status::downloads))
+            .route("/metrics", get(status::metrics)),
+    );
+    let open = errors::shaped(
+        Router::new()
+            .route("/", get(web::index))
+            .route("/static/{file}", get(web::static_file))
+            .route("/health", get(status::health)),
+        surfaces::openai::render,
+    );
     let app = open
-        .merge(protected)
-        .fallback(middleware::not_found)
+        .merge(surfaces::openai::routes(&state))
+        .merge(node_views)
+        .fallback(not_found)
         .with_state(state.clone())
-        .layer(axum::middleware::from_fn(middleware::openai_errors))
         .layer(tower::util::option_layer(cors))
         .layer(axum::middleware::from_fn_with_state(
             state,
             middleware::request_context,
         ));
     Ok(app)
+}
+
+/// `404` for paths no route knows, in the shape of the surface the path belongs to.
+async fn not_found(req: Request) -> Response {
+    let error = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("Unknown route: {} {}", req.method(), req.uri().path()),
+    )
+    .with_code("unknown_url");
+    errors::response(&error, surfaces::openai::render)
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use crate::AppState;
+use crate::core::AppState;
 
 /// 200 when the node can serve, 503 otherwise (load balancers read the status).
 pub async fn health(State(state): State<AppState>) -> Response {

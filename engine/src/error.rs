@@ -32,6 +32,8 @@ pub enum EngineError {
     #[error("request {key} has no KV cache on {range} (expired, or this node restarted)")]
     MissingCache { key: String, range: String },
     #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -7,6 +7,7 @@ pub mod chat_template;
 pub mod download;
 pub mod error;
 pub mod frame;
+pub mod gguf;
 pub mod info;
 pub mod kv_cache;
 pub mod layers;

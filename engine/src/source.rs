@@ -1,33 +1,22 @@
-//! Where a model's weights and settings come from: a GGUF file, or a Hugging Face safetensors
-//! directory (config.json + *.safetensors + tokenizer.json).
+//! Where a model's weights and settings come from: a GGUF file (whole or split into parts, read
+//! by [`crate::gguf`]), or a Hugging Face safetensors directory (config.json + *.safetensors +
+//! tokenizer.json).
 //!
 //! Model files ask for tensors by their GGUF names (`blk.3.attn_q.weight`); the safetensors source
 //! translates those to Hugging Face names, so one model file serves both formats.
 
-use std::{
-    fs::File,
-    io::BufReader,
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use std::path::{Path, PathBuf};
 
-use candle_core::{
-    quantized::{gguf_file, QTensor},
-    safetensors::MmapedSafetensors,
-    DType, Device,
-};
+use candle_core::{quantized::QTensor, safetensors::MmapedSafetensors, DType, Device};
 
 use crate::{
     download::select::SAFETENSORS_INDEX as INDEX,
     error::{EngineError, Result},
+    gguf::{self, Gguf, TensorData},
 };
 
 pub enum Source {
-    Gguf {
-        path: PathBuf,
-        content: gguf_file::Content,
-        reader: Mutex<BufReader<File>>,
-    },
+    Gguf(Gguf),
     Safetensors {
         dir: PathBuf,
         config: serde_json::Value,
@@ -41,7 +30,7 @@ pub enum Source {
 
 /// A value read from model metadata (GGUF key/value or config.json).
 pub enum Meta<'a> {
-    Gguf(&'a gguf_file::Value),
+    Gguf(&'a gguf::Value),
     Json(&'a serde_json::Value),
 }
 
@@ -55,18 +44,7 @@ impl Source {
         if meta.is_dir() {
             return Self::open_safetensors(path);
         }
-        let mut reader = BufReader::new(File::open(path).map_err(io)?);
-        let content =
-            gguf_file::Content::read(&mut reader).map_err(|e| EngineError::NotAModel {
-                path: path.to_path_buf(),
-                // candle appends a backtrace when RUST_BACKTRACE is set; keep the message.
-                reason: e.to_string().lines().next().unwrap_or_default().to_string(),
-            })?;
-        Ok(Source::Gguf {
-            path: path.to_path_buf(),
-            content,
-            reader: Mutex::new(reader),
-        })
+        Ok(Source::Gguf(Gguf::open(path)?))
     }
 
     fn open_safetensors(dir: &Path) -> Result<Self> {
@@ -109,19 +87,27 @@ impl Source {
 
     pub fn path(&self) -> &Path {
         match self {
-            Source::Gguf { path, .. } => path,
+            Source::Gguf(g) => g.path(),
             Source::Safetensors { dir, .. } => dir,
         }
     }
 
     pub fn is_gguf(&self) -> bool {
-        matches!(self, Source::Gguf { .. })
+        matches!(self, Source::Gguf(_))
+    }
+
+    /// The GGUF reader behind a GGUF source: raw tensor bytes of any ggml type.
+    pub fn gguf(&self) -> Option<&Gguf> {
+        match self {
+            Source::Gguf(g) => Some(g),
+            Source::Safetensors { .. } => None,
+        }
     }
 
     /// The architecture name, as GGUF spells it (`llama`, `qwen2`, `gemma3`).
     pub fn arch(&self) -> Result<String> {
         match self {
-            Source::Gguf { .. } => self.meta_str("general.architecture"),
+            Source::Gguf(_) => self.meta_str("general.architecture"),
             Source::Safetensors { config, .. } => {
                 let model_type = config["model_type"].as_str().unwrap_or_default();
                 Ok(match model_type {
@@ -134,7 +120,7 @@ impl Source {
 
     pub fn meta(&self, key: &str) -> Option<Meta<'_>> {
         match self {
-            Source::Gguf { content, .. } => content.metadata.get(key).map(Meta::Gguf),
+            Source::Gguf(g) => g.get(key).map(Meta::Gguf),
             Source::Safetensors { config, .. } => config.get(key).map(Meta::Json),
         }
     }
@@ -154,24 +140,23 @@ impl Source {
     pub fn meta_u32_opt(&self, key: &str) -> Option<u32> {
         match self.meta(key)? {
             Meta::Gguf(v) => v
-                .to_u64()
-                .ok()
-                .map(|v| v as u32)
-                .or(v.to_i32().ok().map(|v| v as u32)),
+                .as_u64()
+                .or(v.as_i64().map(|v| v as u64))
+                .map(|v| v as u32),
             Meta::Json(v) => v.as_u64().map(|v| v as u32),
         }
     }
 
     pub fn meta_f32_opt(&self, key: &str) -> Option<f32> {
         match self.meta(key)? {
-            Meta::Gguf(v) => v.to_f32().ok().or(v.to_f64().ok().map(|v| v as f32)),
+            Meta::Gguf(v) => v.as_f64().map(|v| v as f32),
             Meta::Json(v) => v.as_f64().map(|v| v as f32),
         }
     }
 
     pub fn meta_bool_opt(&self, key: &str) -> Option<bool> {
         match self.meta(key)? {
-            Meta::Gguf(v) => v.to_bool().ok(),
+            Meta::Gguf(v) => v.as_bool(),
             Meta::Json(v) => v.as_bool(),
         }
     }
@@ -183,30 +168,30 @@ impl Source {
 
     pub fn meta_str_opt(&self, key: &str) -> Option<String> {
         match self.meta(key)? {
-            Meta::Gguf(v) => v.to_string().ok().cloned(),
+            Meta::Gguf(v) => v.as_str().map(str::to_string),
             Meta::Json(v) => v.as_str().map(str::to_string),
         }
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
         match self {
-            Source::Gguf { content, .. } => content.tensor_infos.contains_key(name),
+            Source::Gguf(g) => g.tensor_info(name).is_some(),
             Source::Safetensors { tensors, .. } => tensors.get(&hf_name(name)).is_ok(),
         }
+    }
+
+    /// A GGUF tensor's bytes as stored, with its type and shape, for the ggml types candle
+    /// has no `QTensor` for. Missing tensors (and safetensors sources) are a [`EngineError::Missing`].
+    pub fn tensor_data(&self, name: &str) -> Result<TensorData<'_>> {
+        self.gguf()
+            .and_then(|g| g.tensor(name))
+            .ok_or_else(|| self.missing(format!("GGUF tensor `{name}`")))
     }
 
     /// Reads one tensor by its GGUF name. Dense safetensors weights come back as F32 QTensors.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         match self {
-            Source::Gguf {
-                content, reader, ..
-            } => {
-                if !content.tensor_infos.contains_key(name) {
-                    return Err(self.missing(format!("tensor `{name}`")));
-                }
-                let mut reader = reader.lock().expect("model reader poisoned");
-                Ok(content.tensor(&mut *reader, name, device)?)
-            }
+            Source::Gguf(_) => Ok(self.tensor_data(name)?.to_qtensor(device)?),
             Source::Safetensors { tensors, .. } => {
                 let hf = hf_name(name);
                 let t = tensors
@@ -224,14 +209,7 @@ impl Source {
     /// Total bytes of weights, for memory planning.
     pub fn weight_bytes(&self) -> u64 {
         match self {
-            Source::Gguf { content, .. } => content
-                .tensor_infos
-                .values()
-                .map(|t| {
-                    (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size())
-                        as u64
-                })
-                .sum(),
+            Source::Gguf(g) => g.tensor_bytes(),
             Source::Safetensors {
                 indexed_bytes: Some(n),
                 ..

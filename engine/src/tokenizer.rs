@@ -55,10 +55,9 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 fn strings(src: &Source, key: &str) -> Option<Vec<String>> {
     match src.meta(key)? {
         Meta::Gguf(v) => v
-            .to_vec()
-            .ok()?
+            .as_array()?
             .iter()
-            .map(|v| v.to_string().ok().cloned())
+            .map(|v| v.as_str().map(str::to_string))
             .collect(),
         Meta::Json(_) => None,
     }
@@ -66,28 +65,7 @@ fn strings(src: &Source, key: &str) -> Option<Vec<String>> {
 
 fn numbers(src: &Source, key: &str) -> Option<Vec<f64>> {
     match src.meta(key)? {
-        Meta::Gguf(v) => v
-            .to_vec()
-            .ok()?
-            .iter()
-            .map(|v| {
-                use candle_core::quantized::gguf_file::Value as V;
-                // Matching directly: candle's failing `to_*` conversions format an error each.
-                Some(match *v {
-                    V::F32(x) => x as f64,
-                    V::F64(x) => x,
-                    V::I32(x) => x as f64,
-                    V::U32(x) => x as f64,
-                    V::I64(x) => x as f64,
-                    V::U64(x) => x as f64,
-                    V::I8(x) => x as f64,
-                    V::U8(x) => x as f64,
-                    V::I16(x) => x as f64,
-                    V::U16(x) => x as f64,
-                    _ => return None,
-                })
-            })
-            .collect(),
+        Meta::Gguf(v) => v.as_array()?.iter().map(|v| v.as_f64()).collect(),
         Meta::Json(_) => None,
     }
 }

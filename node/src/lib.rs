@@ -2,24 +2,24 @@
 //! `exo-p2p` binary.
 
 pub mod backend;
-pub mod bench;
 pub mod cli;
+pub mod commands;
+pub mod driver;
 pub mod files;
-pub mod generate;
-pub mod host;
 pub mod identity;
-pub mod local;
 pub mod logging;
+pub mod mesh;
 pub mod metrics;
 pub mod models;
 pub mod network;
 pub mod node;
-pub mod perplexity;
 pub mod private_swarm;
-pub mod relay;
-pub mod ring;
-pub mod run;
-pub mod serve;
+pub mod stage;
 pub mod sysinfo;
 pub mod threads;
-pub mod topology;
+
+// The modules' old top-level paths, while code written against them is merged.
+pub use commands::{bench, perplexity, relay, run, serve};
+pub use driver::{generate, local, ring};
+pub use mesh::topology;
+pub use stage::host;

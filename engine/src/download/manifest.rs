@@ -130,20 +130,13 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> u64 {
 
 /// Reads architecture and quantization from a GGUF file's header (not its tensors).
 pub fn read_gguf_info(path: &Path) -> Option<GgufInfo> {
-    use candle_core::quantized::gguf_file;
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path).ok()?);
-    let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| tracing::debug!(path = %path.display(), "no GGUF header: {e}"))
+    let header = crate::gguf::read_header(path)
+        .map_err(|e| tracing::debug!("no GGUF header: {e}"))
         .ok()?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok().cloned())?;
-    let quant = content.metadata.get("general.file_type").and_then(|v| {
-        let n = v
-            .to_u32()
-            .ok()
-            .or_else(|| v.to_i32().ok().map(|i| i as u32))?;
+    let meta = |k: &str| header.metadata.get(k);
+    let arch = meta("general.architecture")?.as_str()?.to_string();
+    let quant = meta("general.file_type").and_then(|v| {
+        let n = v.as_u64()? as u32;
         Some(
             super::gguf_name::file_type_name(n)
                 .map(str::to_string)

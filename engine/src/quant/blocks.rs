@@ -93,6 +93,50 @@ pub struct BlockQ6K {
     pub d: u16,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ2K {
+    /// Per 16 values: scale in the low nibble, min in the high nibble.
+    pub scales: [u8; 16],
+    pub qs: [u8; 64],
+    pub d: u16,
+    pub dmin: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ3K {
+    /// The third bit of each quant, cleared where ggml subtracts 4.
+    pub hmask: [u8; 32],
+    pub qs: [u8; 64],
+    /// Sixteen 6-bit scales (ggml's `kmask` packing), offset by 32.
+    pub scales: [u8; 12],
+    pub d: u16,
+}
+
+/// ggml's non-linear 4-bit code book (`kvalues_iq4nl`).
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct BlockIQ4NL {
+    pub d: u16,
+    pub qs: [u8; 16],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockIQ4XS {
+    pub d: u16,
+    /// High two bits of the eight 6-bit sub-block scales.
+    pub scales_h: u16,
+    /// Low four bits of the sub-block scales, two per byte.
+    pub scales_l: [u8; 4],
+    pub qs: [u8; 128],
+}
+
 /// Activation block for the k-quants.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
@@ -123,6 +167,10 @@ const _: () = {
     assert!(std::mem::size_of::<BlockQ5K>() == 176);
     assert!(std::mem::size_of::<BlockQ6K>() == 210);
     assert!(std::mem::size_of::<BlockQ8K>() == 292);
+    assert!(std::mem::size_of::<BlockQ2K>() == 84);
+    assert!(std::mem::size_of::<BlockQ3K>() == 110);
+    assert!(std::mem::size_of::<BlockIQ4NL>() == 18);
+    assert!(std::mem::size_of::<BlockIQ4XS>() == 136);
 };
 
 /// Plain-old-data blocks: any byte pattern is a valid value.
@@ -140,6 +188,10 @@ unsafe impl Pod for BlockQ4K {}
 unsafe impl Pod for BlockQ5K {}
 unsafe impl Pod for BlockQ6K {}
 unsafe impl Pod for BlockQ8K {}
+unsafe impl Pod for BlockQ2K {}
+unsafe impl Pod for BlockQ3K {}
+unsafe impl Pod for BlockIQ4NL {}
+unsafe impl Pod for BlockIQ4XS {}
 
 /// Views `bytes` as blocks; None when the length or the alignment does not fit.
 pub fn cast_blocks<T: Pod>(bytes: &[u8]) -> Option<&[T]> {
@@ -298,5 +350,91 @@ impl BlockQ6K {
             }
         }
         v
+    }
+}
+
+impl BlockQ2K {
+    /// 2-bit quants (0..4) in element order.
+    pub fn values(&self) -> [u8; 256] {
+        let mut v = [0u8; 256];
+        for (e, v) in v.iter_mut().enumerate() {
+            let (j, k, i) = (e / 128, (e / 32) % 4, e % 32);
+            *v = (self.qs[32 * j + i] >> (2 * k)) & 3;
+        }
+        v
+    }
+}
+
+impl BlockQ3K {
+    /// Signed 3-bit quants (-4..4) in element order: the low two bits, minus 4 where the
+    /// `hmask` bit is clear.
+    pub fn values(&self) -> [i8; 256] {
+        let mut v = [0i8; 256];
+        for (e, v) in v.iter_mut().enumerate() {
+            let (j, k, i) = (e / 128, (e / 32) % 4, e % 32);
+            let lo = ((self.qs[32 * j + i] >> (2 * k)) & 3) as i8;
+            let high = (self.hmask[i] >> (4 * j + k)) & 1;
+            *v = lo - if high == 0 { 4 } else { 0 };
+        }
+        v
+    }
+
+    /// The sixteen scales (-32..32), unpacked as ggml's `aux`/`kmask` code does.
+    pub fn scales(&self) -> [i8; 16] {
+        let q = &self.scales;
+        let aux =
+            |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+        let (a0, a1, tmp) = (aux(0), aux(1), aux(2));
+        const KMASK1: u32 = 0x0303_0303;
+        const KMASK2: u32 = 0x0f0f_0f0f;
+        let words = [
+            (a0 & KMASK2) | ((tmp & KMASK1) << 4),
+            (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4),
+            ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4),
+            ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4),
+        ];
+        let mut out = [0i8; 16];
+        for (i, w) in words.iter().enumerate() {
+            for (b, byte) in w.to_le_bytes().iter().enumerate() {
+                out[4 * i + b] = *byte as i8 - 32;
+            }
+        }
+        out
+    }
+}
+
+impl BlockIQ4NL {
+    /// Code book values in element order: low nibbles first, then high nibbles.
+    pub fn values(&self) -> [i8; 32] {
+        let mut v = [0i8; 32];
+        for i in 0..16 {
+            v[i] = KVALUES_IQ4NL[(self.qs[i] & 0xF) as usize];
+            v[i + 16] = KVALUES_IQ4NL[(self.qs[i] >> 4) as usize];
+        }
+        v
+    }
+}
+
+impl BlockIQ4XS {
+    /// Code book values in element order (each 32-value sub-block like an IQ4_NL block).
+    pub fn values(&self) -> [i8; 256] {
+        let mut v = [0i8; 256];
+        for ib in 0..8 {
+            for i in 0..16 {
+                let q = self.qs[16 * ib + i];
+                v[32 * ib + i] = KVALUES_IQ4NL[(q & 0xF) as usize];
+                v[32 * ib + 16 + i] = KVALUES_IQ4NL[(q >> 4) as usize];
+            }
+        }
+        v
+    }
+
+    /// The eight sub-block scales (-32..32).
+    pub fn scales(&self) -> [i8; 8] {
+        std::array::from_fn(|ib| {
+            let lo = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+            let hi = ((self.scales_h >> (2 * ib)) & 3) as u8;
+            (lo | (hi << 4)) as i8 - 32
+        })
     }
 }

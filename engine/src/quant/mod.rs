@@ -17,6 +17,7 @@
 
 pub mod act;
 pub mod blocks;
+pub mod dequant;
 mod kernels;
 mod pool;
 pub mod reference;
@@ -125,9 +126,15 @@ pub enum WeightType {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
+    /// Non-linear 4-bit code book, blocks of 32 (against Q8_0 activations).
+    IQ4NL,
+    /// IQ4_NL's code book in super-blocks of 256 with 6-bit sub-block scales (against Q8_K).
+    IQ4XS,
 }
 
 /// How activations are quantized for a weight type.
@@ -140,24 +147,79 @@ pub enum ActType {
 
 impl WeightType {
     pub fn from_ggml(d: GgmlDType) -> Option<Self> {
-        Some(match d {
-            GgmlDType::Q4_0 => Self::Q4_0,
-            GgmlDType::Q4_1 => Self::Q4_1,
-            GgmlDType::Q5_0 => Self::Q5_0,
-            GgmlDType::Q5_1 => Self::Q5_1,
-            GgmlDType::Q8_0 => Self::Q8_0,
-            GgmlDType::Q4K => Self::Q4K,
-            GgmlDType::Q5K => Self::Q5K,
-            GgmlDType::Q6K => Self::Q6K,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|t| t.candle_dtype() == Some(d))
+    }
+
+    /// ggml's `ggml_type` number (the type id GGUF files store).
+    pub fn ggml_id(self) -> u32 {
+        [2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23][self as usize]
+    }
+
+    /// The type of a ggml type id, if it has kernels here.
+    pub fn from_ggml_id(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.ggml_id() == id)
+    }
+
+    /// candle's name for this type; None for the types candle does not know.
+    pub fn candle_dtype(self) -> Option<GgmlDType> {
+        Self::GGML[self as usize]
     }
 
     pub fn act_type(self) -> ActType {
         match self {
-            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => ActType::Q8_0,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 | Self::IQ4NL => ActType::Q8_0,
             Self::Q4_1 | Self::Q5_1 => ActType::Q8_1,
-            Self::Q4K | Self::Q5K | Self::Q6K => ActType::Q8K,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS => ActType::Q8K,
+        }
+    }
+
+    /// Every type, in declaration order.
+    pub const ALL: [WeightType; 12] = [
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q2K,
+        Self::Q3K,
+        Self::Q4K,
+        Self::Q5K,
+        Self::Q6K,
+        Self::IQ4NL,
+        Self::IQ4XS,
+    ];
+    /// candle's name of each type of [`WeightType::ALL`].
+    const GGML: [Option<GgmlDType>; 12] = [
+        Some(GgmlDType::Q4_0),
+        Some(GgmlDType::Q4_1),
+        Some(GgmlDType::Q5_0),
+        Some(GgmlDType::Q5_1),
+        Some(GgmlDType::Q8_0),
+        Some(GgmlDType::Q2K),
+        Some(GgmlDType::Q3K),
+        Some(GgmlDType::Q4K),
+        Some(GgmlDType::Q5K),
+        Some(GgmlDType::Q6K),
+        None,
+        None,
+    ];
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        use std::mem::size_of;
+        match self {
+            Self::Q4_0 => size_of::<BlockQ4_0>(),
+            Self::Q4_1 => size_of::<BlockQ4_1>(),
+            Self::Q5_0 => size_of::<BlockQ5_0>(),
+            Self::Q5_1 => size_of::<BlockQ5_1>(),
+            Self::Q8_0 => size_of::<BlockQ8_0>(),
+            Self::Q2K => size_of::<BlockQ2K>(),
+            Self::Q3K => size_of::<BlockQ3K>(),
+            Self::Q4K => size_of::<BlockQ4K>(),
+            Self::Q5K => size_of::<BlockQ5K>(),
+            Self::Q6K => size_of::<BlockQ6K>(),
+            Self::IQ4NL => size_of::<BlockIQ4NL>(),
+            Self::IQ4XS => size_of::<BlockIQ4XS>(),
         }
     }
 
@@ -365,8 +427,9 @@ enum Weights {
 /// A quantized weight matrix `[n, k]` usable as the right-hand side of `x · W^T`.
 #[derive(Clone)]
 pub struct QuantMatMul {
-    /// Weights with a kernel here, and their type; None for the others.
-    quant: Option<(Weights, WeightType, GgmlDType)>,
+    /// Weights with a kernel here, their type and candle's name for it (None for the types
+    /// candle does not know); None for the others.
+    quant: Option<(Weights, WeightType, Option<GgmlDType>)>,
     /// F16 weights `[n, k]`, multiplied the way ggml does (activations rounded to f16, each row
     /// independent of the others).
     f16: Option<Arc<Vec<half::f16>>>,
@@ -420,7 +483,7 @@ impl QuantMatMul {
                 } else {
                     Weights::Shared(qt)
                 };
-                Some((weights, ty, dtype))
+                Some((weights, ty, Some(dtype)))
             }
             _ => {
                 let _ = fallback.set(QMatMul::from_arc(qt)?);
@@ -431,6 +494,31 @@ impl QuantMatMul {
             quant,
             f16: None,
             fallback,
+            n,
+            k,
+        })
+    }
+
+    /// An `[n, k]` matrix of `ty` blocks (row-major, as a GGUF tensor stores them), copied to
+    /// the kernels' storage. For types candle does not know (IQ4_NL, IQ4_XS) this is the only
+    /// way in.
+    pub fn from_blocks(ty: WeightType, bytes: &[u8], n: usize, k: usize) -> Result<Self> {
+        let want = n * (k / ty.block_len()) * ty.block_bytes();
+        if !k.is_multiple_of(ty.block_len()) || bytes.len() != want {
+            candle_core::bail!(
+                "{ty:?} weight [{n}, {k}]: {} bytes, expected {want} (rows of whole {}-value blocks)",
+                bytes.len(),
+                ty.block_len()
+            )
+        }
+        let buf = storage::HugeBuf::copy_of(bytes);
+        if !weight_view_ok(ty, buf.as_slice()) {
+            candle_core::bail!("{ty:?} weight [{n}, {k}]: blocks not aligned in storage")
+        }
+        Ok(Self {
+            quant: Some((Weights::Owned(Arc::new(buf)), ty, ty.candle_dtype())),
+            f16: None,
+            fallback: OnceLock::new(),
             n,
             k,
         })
@@ -475,8 +563,16 @@ impl QuantMatMul {
             let _ = self.fallback.set(QMatMul::TensorF16(t));
             return Ok(self.fallback.get().expect("just set"));
         }
-        let Some((weights, _, dtype)) = &self.quant else {
+        let Some((weights, ty, dtype)) = &self.quant else {
             candle_core::bail!("no weights")
+        };
+        let Some(dtype) = dtype else {
+            // A type candle does not know: a dense f32 copy.
+            let bytes = self.bytes().expect("owned weights");
+            let w = dequant::dequantize(*ty, bytes).expect("whole blocks checked at load");
+            let t = Tensor::from_vec(w, (self.n, self.k), &Device::Cpu)?;
+            let _ = self.fallback.set(QMatMul::Tensor(t));
+            return Ok(self.fallback.get().expect("just set"));
         };
         let qt = match weights {
             Weights::Shared(qt) => qt.clone(),
@@ -595,9 +691,13 @@ fn weight_view_ok(ty: WeightType, d: &[u8]) -> bool {
         WeightType::Q5_0 => cast_blocks::<BlockQ5_0>(d).is_some(),
         WeightType::Q5_1 => cast_blocks::<BlockQ5_1>(d).is_some(),
         WeightType::Q8_0 => cast_blocks::<BlockQ8_0>(d).is_some(),
+        WeightType::Q2K => cast_blocks::<BlockQ2K>(d).is_some(),
+        WeightType::Q3K => cast_blocks::<BlockQ3K>(d).is_some(),
         WeightType::Q4K => cast_blocks::<BlockQ4K>(d).is_some(),
         WeightType::Q5K => cast_blocks::<BlockQ5K>(d).is_some(),
         WeightType::Q6K => cast_blocks::<BlockQ6K>(d).is_some(),
+        WeightType::IQ4NL => cast_blocks::<BlockIQ4NL>(d).is_some(),
+        WeightType::IQ4XS => cast_blocks::<BlockIQ4XS>(d).is_some(),
     }
 }
 

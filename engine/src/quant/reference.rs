@@ -77,6 +77,14 @@ impl Block32 for BlockQ5_0 {
         BlockQ5_0::values(self)
     }
 }
+impl Block32 for BlockIQ4NL {
+    fn d(&self) -> f32 {
+        f16_to_f32(self.d)
+    }
+    fn values(&self) -> [i8; 32] {
+        BlockIQ4NL::values(self)
+    }
+}
 impl Block32 for BlockQ8_0 {
     fn d(&self) -> f32 {
         f16_to_f32(self.d)
@@ -94,6 +102,24 @@ pub fn dot_lanes<B: Block32>(w: &[B], a: &[BlockQ8_0]) -> f32 {
         fma_lanes(&mut acc, d, lanes32(&w.values(), &a.qs));
     }
     hsum8(acc)
+}
+
+/// `ggml_vec_dot_iq4_nl_q8_0` (decoding; prompts go through tinyBLAS, [`dot_lanes`]): blocks
+/// in pairs, even and odd ones in two sets of lanes added before the final sum, and an odd last
+/// block added on its own (`sumf += d * sumi`: a multiply, then an add).
+pub fn dot_iq4nl_pairs(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = [[0f32; 8]; 2];
+    let pairs = w.len() - w.len() % 2;
+    for (b, (w, a)) in w[..pairs].iter().zip(a).enumerate() {
+        let d = f16_to_f32(a.d) * f16_to_f32(w.d);
+        fma_lanes(&mut acc[b % 2], d, lanes32(&w.values(), &a.qs));
+    }
+    let mut sum = hsum8(std::array::from_fn(|l| acc[0][l] + acc[1][l]));
+    if let (Some(w), Some(a)) = (w[pairs..].first(), a.get(pairs)) {
+        let d = f16_to_f32(a.d) * f16_to_f32(w.d);
+        sum += d * dot32(&w.values(), &a.qs) as f32;
+    }
+    sum
 }
 
 /// `ggml_gemv/gemm_q4_0_8x8_q8_0`.
@@ -263,6 +289,72 @@ pub fn dot_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     for (w, a) in w.iter().zip(a) {
         let d = a.d * f16_to_f32(w.d);
         fma_lanes(&mut acc, d, q6k_lanes(w, a));
+    }
+    hsum8(acc)
+}
+
+/// Lane sums of 256 values against a Q8_K block with a scale per 16 values (`sc(j)` for values
+/// `16j..16j+16`), as ggml's AVX2 kernels split them: lane `l` of 32-value chunk `c` holds
+/// values `4l..4l+4` and takes scale `2c + l / 4`.
+#[inline(always)]
+fn lanes_by16<T: Copy + Into<i32>>(
+    v: &[T; 256],
+    a: &BlockQ8K,
+    sc: impl Fn(usize) -> i32,
+) -> [i32; 8] {
+    let mut s = [0i32; 8];
+    for c in 0..8 {
+        for (l, s) in s.iter_mut().enumerate() {
+            let p: i32 = (32 * c + 4 * l..32 * c + 4 * l + 4)
+                .map(|e| v[e].into() * a.qs[e] as i32)
+                .sum();
+            *s += sc(2 * c + l / 4) * p;
+        }
+    }
+    s
+}
+
+/// `ggml_vec_dot_q2_K_q8_K`: per block the mins' lanes (`m[2l] bs[2l] + m[2l+1] bs[2l+1]`)
+/// scaled by `-d_a * dmin` first, then the quants' lanes by `d_a * d`.
+pub fn dot_q2k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (w, a) in w.iter().zip(a) {
+        let d = a.d * f16_to_f32(w.d);
+        let dmin = -a.d * f16_to_f32(w.dmin);
+        let mins = std::array::from_fn(|l| {
+            (w.scales[2 * l] >> 4) as i32 * a.bsums[2 * l] as i32
+                + (w.scales[2 * l + 1] >> 4) as i32 * a.bsums[2 * l + 1] as i32
+        });
+        fma_lanes(&mut acc, dmin, mins);
+        let s = lanes_by16(&w.values(), a, |j| (w.scales[j] & 0xF) as i32);
+        fma_lanes(&mut acc, d, s);
+    }
+    hsum8(acc)
+}
+
+/// `ggml_vec_dot_q3_K_q8_K`.
+pub fn dot_q3k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (w, a) in w.iter().zip(a) {
+        let d = a.d * f16_to_f32(w.d);
+        let sc = w.scales();
+        fma_lanes(&mut acc, d, lanes_by16(&w.values(), a, |j| sc[j] as i32));
+    }
+    hsum8(acc)
+}
+
+/// `ggml_vec_dot_iq4_xs_q8_K`: a scale per 32 values, lane `l` of each sub-block holding
+/// values `4l..4l+4`.
+pub fn dot_iq4xs(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (w, a) in w.iter().zip(a) {
+        let d = f16_to_f32(w.d) * a.d;
+        let ls = w.scales();
+        fma_lanes(
+            &mut acc,
+            d,
+            lanes_by16(&w.values(), a, |j| ls[j / 2] as i32),
+        );
     }
     hsum8(acc)
 }

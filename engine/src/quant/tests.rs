@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use candle_core::{
-    quantized::{GgmlDType, QStorage, QTensor},
+    quantized::{QStorage, QTensor},
     Device, Tensor,
 };
 use proptest::prelude::*;
@@ -286,6 +286,44 @@ fn random_weights(rng: &mut StdRng, ty: WeightType, n: usize, k: usize) -> Vec<u
                 })
                 .collect(),
         ),
+        WeightType::Q2K => bytes_of(
+            (0..nb)
+                .map(|i| BlockQ2K {
+                    scales: take(i, 16).try_into().unwrap(),
+                    qs: raw[i * 256 + 16..i * 256 + 80].try_into().unwrap(),
+                    d: rand_f16(r, 0.0, 0.01),
+                    dmin: rand_f16(r, 0.0, 0.01),
+                })
+                .collect(),
+        ),
+        WeightType::Q3K => bytes_of(
+            (0..nb)
+                .map(|i| BlockQ3K {
+                    hmask: take(i, 32).try_into().unwrap(),
+                    qs: raw[i * 256 + 32..i * 256 + 96].try_into().unwrap(),
+                    scales: raw[i * 256 + 96..i * 256 + 108].try_into().unwrap(),
+                    d: rand_f16(r, -0.01, 0.01),
+                })
+                .collect(),
+        ),
+        WeightType::IQ4NL => bytes_of(
+            (0..nb)
+                .map(|i| BlockIQ4NL {
+                    d: rand_f16(r, -0.01, 0.01),
+                    qs: take(i, 16).try_into().unwrap(),
+                })
+                .collect(),
+        ),
+        WeightType::IQ4XS => bytes_of(
+            (0..nb)
+                .map(|i| BlockIQ4XS {
+                    d: rand_f16(r, -0.01, 0.01),
+                    scales_h: u16::from_le_bytes([raw[i * 256], raw[i * 256 + 1]]),
+                    scales_l: raw[i * 256 + 2..i * 256 + 6].try_into().unwrap(),
+                    qs: raw[i * 256 + 6..i * 256 + 134].try_into().unwrap(),
+                })
+                .collect(),
+        ),
         WeightType::Q6K => bytes_of(
             (0..nb)
                 .map(|i| {
@@ -306,21 +344,9 @@ fn random_weights(rng: &mut StdRng, ty: WeightType, n: usize, k: usize) -> Vec<u
     }
 }
 
-fn ggml_dtype(ty: WeightType) -> GgmlDType {
-    match ty {
-        WeightType::Q4_0 => GgmlDType::Q4_0,
-        WeightType::Q4_1 => GgmlDType::Q4_1,
-        WeightType::Q5_0 => GgmlDType::Q5_0,
-        WeightType::Q5_1 => GgmlDType::Q5_1,
-        WeightType::Q8_0 => GgmlDType::Q8_0,
-        WeightType::Q4K => GgmlDType::Q4K,
-        WeightType::Q5K => GgmlDType::Q5K,
-        WeightType::Q6K => GgmlDType::Q6K,
-    }
-}
-
 fn qtensor(ty: WeightType, bytes: &[u8], n: usize, k: usize) -> QTensor {
-    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, ggml_dtype(ty)).unwrap();
+    let dtype = ty.candle_dtype().expect("a type candle knows");
+    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype).unwrap();
     QTensor::new(storage, (n, k)).unwrap()
 }
 
@@ -343,17 +369,6 @@ fn dequant_acts(acts: &Activations) -> Vec<f32> {
     }
 }
 
-const ALL: [WeightType; 8] = [
-    WeightType::Q4_0,
-    WeightType::Q4_1,
-    WeightType::Q5_0,
-    WeightType::Q5_1,
-    WeightType::Q8_0,
-    WeightType::Q4K,
-    WeightType::Q5K,
-    WeightType::Q6K,
-];
-
 fn check_kernels(
     ty: WeightType,
     n: usize,
@@ -364,10 +379,28 @@ fn check_kernels(
     let mut rng = StdRng::seed_from_u64(seed);
     let k = j * ty.block_len();
     let bytes = random_weights(&mut rng, ty, n, k);
-    let qt = qtensor(ty, &bytes, n, k);
-    let w = qt.dequantize(&Device::Cpu).unwrap();
-    // Nothing else holds the QTensor: the weights move to a private (huge page) copy.
-    let mm = QuantMatMul::from_arc(std::sync::Arc::new(qt)).unwrap();
+    let ours = super::dequant::dequantize(ty, &bytes);
+    let (w, mm) = match ty.candle_dtype() {
+        Some(_) => {
+            let qt = qtensor(ty, &bytes, n, k);
+            let w: Vec<f32> = qt
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            if let Some(ours) = &ours {
+                prop_assert_eq!(ours, &w, "{:?} dequantized unlike candle", ty);
+            }
+            // Nothing else holds the QTensor: the weights move to a private (huge page) copy.
+            (w, QuantMatMul::from_arc(std::sync::Arc::new(qt)).unwrap())
+        }
+        None => (
+            ours.expect("a dequantizer"),
+            QuantMatMul::from_blocks(ty, &bytes, n, k).unwrap(),
+        ),
+    };
     prop_assert_eq!(mm.weight_type(), Some(ty));
     let x = random_x(&mut rng, m * k);
     let acts = Activations::quantize(&x, m, k, ty.act_type());
@@ -376,7 +409,6 @@ fn check_kernels(
     mm.matmul_into(&acts, &mut want, Isa::Scalar).unwrap();
 
     // The reference against float math on dequantized values.
-    let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
     let xa = dequant_acts(&acts);
     for i in 0..m {
         for r in 0..n {
@@ -417,17 +449,17 @@ fn check_kernels(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 384, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn kernels_match_reference(
-        t in 0usize..8,
+        t in 0usize..WeightType::ALL.len(),
         n in prop_oneof![1usize..20, (1usize..6).prop_map(|x| x * 8)],
         j in 1usize..12,
         m in prop_oneof![Just(1usize), 2usize..10],
         seed: u64,
     ) {
-        check_kernels(ALL[t], n, j, m, seed)?;
+        check_kernels(WeightType::ALL[t], n, j, m, seed)?;
     }
 }
 
@@ -456,7 +488,10 @@ fn kernels_on_model_shapes() {
 fn matches_candle_within_float_tolerance() {
     // End to end through tensors, against candle's own quantized matmul.
     let mut rng = StdRng::seed_from_u64(3);
-    for ty in ALL {
+    for ty in WeightType::ALL
+        .into_iter()
+        .filter(|t| t.candle_dtype().is_some())
+    {
         let (n, k, m) = (24, 2 * 256, 3);
         let bytes = random_weights(&mut rng, ty, n, k);
         let qt = std::sync::Arc::new(qtensor(ty, &bytes, n, k));

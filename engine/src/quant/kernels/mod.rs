@@ -72,6 +72,13 @@ pub(crate) fn matmul(
         (WeightType::Q4_0, ActData::Q8_0(a)) => {
             go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ4_0>))
         }
+        // ggml's vec_dot for one row (decoding), tinyBLAS for prompts.
+        (WeightType::IQ4NL, ActData::Q8_0(a)) if m == 1 => {
+            go(bytes, n, nb, a, m, out, &scalar(r::dot_iq4nl_pairs))
+        }
+        (WeightType::IQ4NL, ActData::Q8_0(a)) => {
+            go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockIQ4NL>))
+        }
         (WeightType::Q5_0, ActData::Q8_0(a)) => {
             go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ5_0>))
         }
@@ -107,6 +114,15 @@ pub(crate) fn matmul(
         ),
         (WeightType::Q4K, ActData::Q8K(a)) => {
             go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q4k_lanes))
+        }
+        (WeightType::Q2K, ActData::Q8K(a)) => {
+            go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q2k))
+        }
+        (WeightType::Q3K, ActData::Q8K(a)) => {
+            go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q3k))
+        }
+        (WeightType::IQ4XS, ActData::Q8K(a)) => {
+            go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_iq4xs))
         }
         (WeightType::Q5K, ActData::Q8K(a)) => {
             go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q5k))

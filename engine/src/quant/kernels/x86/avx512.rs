@@ -5,7 +5,8 @@
 use std::arch::x86_64::*;
 
 use super::super::super::{blocks::*, run_chunks, ActData, Activations, OutPtr, WeightType};
-use super::{chunk_w32, hsum8, prefetch_slice, VnniEvex, A32, W32};
+use super::quants::{acc, chunk_w32, Rows, A32, KVALUES_IQ4NL_U, W32};
+use super::simd::{hsum8, prefetch_slice, VnniEvex};
 
 /// Two weight blocks (rows `r` and `r+1`) as unsigned bytes: row `r` in the low 256 bits.
 pub(crate) trait W32x2: W32 {
@@ -58,6 +59,14 @@ impl W32x2 for BlockQ5_1 {
     #[inline(always)]
     unsafe fn load_u2(w0: &Self, w1: &Self) -> __m512i {
         high2(nibbles2(&w0.qs, &w1.qs), &w0.qh, &w1.qh)
+    }
+}
+impl W32x2 for BlockIQ4NL {
+    #[inline(always)]
+    unsafe fn load_u2(w0: &Self, w1: &Self) -> __m512i {
+        let table =
+            _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL_U.as_ptr() as *const __m128i));
+        _mm512_shuffle_epi8(table, nibbles2(&w0.qs, &w1.qs))
     }
 }
 impl W32x2 for BlockQ8_0 {
@@ -204,9 +213,9 @@ unsafe fn chunk<W: W32x2, A: A32>(
     }
     if full < rows {
         chunk_w32::<W, A, VnniEvex>(
-            false,
+            acc::LANES,
             &w[full * nb..],
-            super::Rows {
+            Rows {
                 a,
                 d: ad,
                 ns,
@@ -258,6 +267,10 @@ pub(crate) fn matmul(
         (WeightType::Q8_0, ActData::Q8_0(a)) => run::<BlockQ8_0, _>(bytes, n, nb, a, ad, m, out),
         (WeightType::Q4_1, ActData::Q8_1(a)) => run::<BlockQ4_1, _>(bytes, n, nb, a, ad, m, out),
         (WeightType::Q5_1, ActData::Q8_1(a)) => run::<BlockQ5_1, _>(bytes, n, nb, a, ad, m, out),
+        // Decoding (one row) accumulates in pairs of blocks: the 256-bit kernel.
+        (WeightType::IQ4NL, ActData::Q8_0(a)) if m > 1 => {
+            run::<BlockIQ4NL, _>(bytes, n, nb, a, ad, m, out)
+        }
         _ => return matmul_kq(ty, repacked, bytes, n, nb, acts, out),
     }
     true
@@ -604,7 +617,7 @@ kq_chunk!(
     q4k,
     [(4, 4), (8, 2), (16, 1)]
 );
-kq_chunk!(chunk_q6k, BlockQ6K, tile_q6k, q6k, [(2, 4), (4, 1)]);
+kq_chunk!(chunk_q6k, BlockQ6K, tile_q6k, k_lanes, [(2, 4), (4, 1)]);
 
 /// Runs a 512-bit k-quant kernel if there is one; false otherwise.
 pub(crate) fn matmul_kq(

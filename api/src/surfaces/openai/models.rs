@@ -3,9 +3,10 @@
 use axum::extract::{Path, State};
 use axum::Json;
 
+use crate::backend::ModelCard;
+use crate::core::AppState;
 use crate::error::ApiError;
-use crate::openai::{ModelList, ModelObject};
-use crate::{AppState, ModelCard};
+use crate::surfaces::openai::types::{ModelList, ModelObject};
 
 async fn all_models(state: &AppState) -> Vec<ModelCard> {
     let (mesh, upstream) = futures::join!(state.backend.models(), state.upstream.models());

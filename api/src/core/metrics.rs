@@ -8,7 +8,8 @@ use std::time::Duration;
 
 #[derive(Default)]
 pub struct ApiMetrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// By route (the router's matched path, so the label set is fixed) and status.
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
     rejected: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
@@ -18,9 +19,9 @@ pub struct ApiMetrics {
 }
 
 impl ApiMetrics {
-    pub fn request(&self, route: &'static str, status: u16) {
+    pub fn request(&self, route: &str, status: u16) {
         let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((route, status)).or_default() += 1;
+        *map.entry((route.to_owned(), status)).or_default() += 1;
     }
 
     pub fn rejected(&self) {

@@ -1,21 +1,20 @@
 //! `POST /v1/completions`: a plain prompt, no chat template.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use tracing::Span;
 
 use crate::backend::{GenerateRequest, Prompt, TokenLogprob};
+use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
+use crate::core::AppState;
 use crate::error::ApiError;
 use crate::extract::{typed, JsonObject};
-use crate::generate::{self, new_id, unix_now, Chunks, Run, SamplingFields};
 use crate::middleware::RequestContext;
-use crate::openai::{
+use crate::surfaces::openai::sampling::SamplingFields;
+use crate::surfaces::openai::stream::{self, Chunks};
+use crate::surfaces::openai::types::{
     CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs, Usage,
 };
-use crate::AppState;
 
 /// OpenAI's default for this endpoint (chat has none).
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -27,7 +26,7 @@ pub async fn completions(
     Extension(ctx): Extension<RequestContext>,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
-    if let Some(response) = state.upstream_route(&body, "completions").await? {
+    if let Some(response) = super::upstream_route(&state, &body, "completions").await? {
         return Ok(response);
     }
     let req: CompletionRequest = typed(body)?;
@@ -75,13 +74,11 @@ pub async fn completions(
         .unwrap_or(false);
     let echo = req.echo.unwrap_or(false);
 
-    let slot = state.acquire().await?;
-    let admitted = Instant::now();
     let id = new_id("cmpl");
-    Span::current().record("completion_id", tracing::field::display(&id));
-    let generation = state
-        .backend
-        .generate(GenerateRequest {
+    let run = generate::start(
+        &state,
+        ctx.received,
+        GenerateRequest {
             request_id: id.clone(),
             model: req.model.clone(),
             prompt: Prompt::Text(prompt.clone()),
@@ -95,25 +92,16 @@ pub async fn completions(
             stop: sampling.stop,
             logprobs: logprobs.is_some(),
             top_logprobs: logprobs.unwrap_or(0),
-        })
-        .await
-        .map_err(|e| {
-            let e = ApiError::from(e);
-            if e.code == Some("context_length_exceeded") {
-                e.with_param("prompt")
-            } else {
-                e
-            }
-        })?;
-    let run = Run {
-        state: state.clone(),
-        span: Span::current(),
-        model: req.model.clone(),
-        received: ctx.received,
-        admitted,
-        first_token: None,
-        _slot: slot,
-    };
+        },
+    )
+    .await
+    .map_err(|e| {
+        if e.code == Some("context_length_exceeded") {
+            e.with_param("prompt")
+        } else {
+            e
+        }
+    })?;
     let created = unix_now();
     let echoed = if echo { prompt } else { String::new() };
     if stream {
@@ -126,9 +114,9 @@ pub async fn completions(
             offset: echoed.len(),
             echo: echo.then_some(echoed),
         };
-        return Ok(generate::stream(run, generation, chunks, include_usage));
+        return Ok(stream::stream(run, chunks, include_usage));
     }
-    let done = generate::collect(run, generation).await?;
+    let done = run.collect().await?;
     let logprobs = logprobs.map(|_| {
         let mut lp = TextLogprobs::default();
         let mut offset = echoed.len();
@@ -150,7 +138,7 @@ pub async fn completions(
             logprobs,
             finish_reason: Some(done.finish_reason),
         }],
-        usage: Some(Some(done.usage)),
+        usage: Some(Some(done.usage.into())),
     })
     .into_response())
 }
@@ -252,7 +240,7 @@ impl Chunks for TextChunks {
         )
     }
 
-    fn usage(&mut self, usage: Usage) -> String {
-        self.chunk(None, Some(usage))
+    fn usage(&mut self, usage: RunUsage) -> String {
+        self.chunk(None, Some(usage.into()))
     }
 }

@@ -1,22 +1,21 @@
 //! `POST /v1/chat/completions`.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use tracing::Span;
 
 use crate::backend::{ChatMessage, GenerateRequest, Prompt, TokenLogprob};
+use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
+use crate::core::AppState;
 use crate::error::ApiError;
 use crate::extract::{typed, JsonObject};
-use crate::generate::{self, new_id, unix_now, Chunks, Run, SamplingFields};
 use crate::middleware::RequestContext;
-use crate::openai::{
+use crate::surfaces::openai::sampling::SamplingFields;
+use crate::surfaces::openai::stream::{self, Chunks};
+use crate::surfaces::openai::types::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChatLogprobs, ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage, Usage,
 };
-use crate::AppState;
 
 /// Most alternatives per token OpenAI returns.
 const MAX_TOP_LOGPROBS: i64 = 20;
@@ -26,7 +25,7 @@ pub async fn chat_completions(
     Extension(ctx): Extension<RequestContext>,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
-    if let Some(response) = state.upstream_route(&body, "chat/completions").await? {
+    if let Some(response) = super::upstream_route(&state, &body, "chat/completions").await? {
         return Ok(response);
     }
     let req: ChatCompletionRequest = typed(body)?;
@@ -75,13 +74,11 @@ pub async fn chat_completions(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
 
-    let slot = state.acquire().await?;
-    let admitted = Instant::now();
     let id = new_id("chatcmpl");
-    Span::current().record("completion_id", tracing::field::display(&id));
-    let generation = state
-        .backend
-        .generate(GenerateRequest {
+    let run = generate::start(
+        &state,
+        ctx.received,
+        GenerateRequest {
             request_id: id.clone(),
             model: req.model.clone(),
             prompt: Prompt::Chat(messages),
@@ -95,18 +92,9 @@ pub async fn chat_completions(
             stop: sampling.stop,
             logprobs,
             top_logprobs,
-        })
-        .await
-        .map_err(ApiError::from)?;
-    let run = Run {
-        state: state.clone(),
-        span: Span::current(),
-        model: req.model.clone(),
-        received: ctx.received,
-        admitted,
-        first_token: None,
-        _slot: slot,
-    };
+        },
+    )
+    .await?;
     let created = unix_now();
     if stream {
         let chunks = ChatChunks {
@@ -116,9 +104,9 @@ pub async fn chat_completions(
             logprobs,
             include_usage,
         };
-        return Ok(generate::stream(run, generation, chunks, include_usage));
+        return Ok(stream::stream(run, chunks, include_usage));
     }
-    let done = generate::collect(run, generation).await?;
+    let done = run.collect().await?;
     let logprobs = logprobs.then(|| ChatLogprobs {
         content: done
             .tokens
@@ -143,7 +131,7 @@ pub async fn chat_completions(
             logprobs,
             finish_reason: done.finish_reason,
         }],
-        usage: done.usage,
+        usage: done.usage.into(),
     })
     .into_response())
 }
@@ -283,7 +271,7 @@ impl Chunks for ChatChunks {
         )
     }
 
-    fn usage(&mut self, usage: Usage) -> String {
-        self.chunk(None, Some(usage))
+    fn usage(&mut self, usage: RunUsage) -> String {
+        self.chunk(None, Some(usage.into()))
     }
 }

@@ -107,12 +107,12 @@ pub struct Usage {
     pub total_tokens: usize,
 }
 
-impl Usage {
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+impl From<crate::core::generate::Usage> for Usage {
+    fn from(u: crate::core::generate::Usage) -> Self {
         Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
         }
     }
 }

@@ -33,8 +33,8 @@ use serde_json::Value;
 use tracing::{info, warn, Span};
 
 use crate::backend::ModelCard;
+use crate::core::limit::Slot;
 use crate::error::ApiError;
-use crate::limit::Slot;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
@@ -692,7 +692,7 @@ fn relay(
                                 error_chain(&e)
                             ))
                         };
-                        Ok(Bytes::from(format!("data: {}\n\n", error.to_json())))
+                        Ok(Bytes::from(format!("data: {}\n\n", super::render(&error))))
                     } else {
                         Err(Box::new(e) as BoxError)
                     };
