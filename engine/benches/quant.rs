@@ -1,6 +1,6 @@
 //! Throughput of the quantized matmul kernels per instruction set level, on the shapes of the
-//! test models. `cargo bench -p exo-engine --bench quant` (set RAYON_NUM_THREADS to pick the
-//! thread count; 1 by default here).
+//! test models (and of qwen2.5 1.5B: hidden 1536, FFN 8960). `cargo bench -p exo-engine --bench
+//! quant [TYPE]` (set RAYON_NUM_THREADS to pick the thread count; 1 by default here).
 
 use std::{borrow::Cow, sync::Arc, time::Instant};
 
@@ -8,7 +8,7 @@ use candle_core::{
     quantized::{GgmlDType, QStorage, QTensor},
     Device, Tensor,
 };
-use exo_engine::quant::{ActType, Activations, Isa, QuantMatMul};
+use exo_engine::quant::{ActType, Activations, Isa, QuantMatMul, WeightType};
 
 fn weights(dtype: GgmlDType, n: usize, k: usize) -> Arc<QTensor> {
     // Quantize a smooth pseudo-random matrix with candle, like a real weight.
@@ -22,27 +22,55 @@ fn weights(dtype: GgmlDType, n: usize, k: usize) -> Arc<QTensor> {
     Arc::new(QTensor::new(storage, (n, k)).unwrap())
 }
 
+/// Blocks of a type candle cannot quantize to: pseudo-random bytes with a small f16 scale in
+/// the first two bytes (every type here starts with its scale).
+fn random_blocks(ty: WeightType, n: usize, k: usize) -> Vec<u8> {
+    let (size, count) = (ty.block_bytes(), n * k / ty.block_len());
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut bytes: Vec<u8> = (0..size * count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    for b in bytes.chunks_exact_mut(size) {
+        b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+    }
+    bytes
+}
+
 fn main() {
     if std::env::var("RAYON_NUM_THREADS").is_err() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let shapes = [
-        (GgmlDType::Q5_0, 4864, 896),
-        (GgmlDType::Q8_0, 896, 896),
-        (GgmlDType::Q4K, 896, 4864),
-        (GgmlDType::Q6K, 896, 4864),
+        (WeightType::Q5_0, 4864, 896),
+        (WeightType::Q8_0, 896, 896),
+        (WeightType::Q4K, 896, 4864),
+        (WeightType::Q6K, 896, 4864),
+        (WeightType::Q4K, 8960, 1536),
+        (WeightType::Q6K, 1536, 8960),
+        (WeightType::Q2K, 8960, 1536),
+        (WeightType::Q3K, 8960, 1536),
+        (WeightType::IQ4NL, 8960, 1536),
+        (WeightType::IQ4XS, 8960, 1536),
         // The output head: larger than any cache, so this one measures memory bandwidth.
-        (GgmlDType::Q8_0, 151936, 896),
+        (WeightType::Q8_0, 151936, 896),
     ];
-    for (dtype, n, k) in shapes {
+    for (ty, n, k) in shapes {
         if let Some(f) = &filter {
-            if !format!("{dtype:?}").contains(f.as_str()) {
+            if !format!("{ty:?}").contains(f.as_str()) {
                 continue;
             }
         }
-        let w = QuantMatMul::from_arc(weights(dtype, n, k)).unwrap();
-        let ty = w.weight_type().unwrap();
+        let w = match ty.candle_dtype() {
+            Some(dtype) => QuantMatMul::from_arc(weights(dtype, n, k)).unwrap(),
+            None => QuantMatMul::from_blocks(ty, &random_blocks(ty, n, k), n, k).unwrap(),
+        };
+        let dtype = ty;
         for m in [1usize, 128] {
             if n > 100_000 && m > 1 {
                 continue;

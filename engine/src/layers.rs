@@ -246,8 +246,12 @@ impl Attention {
             scale,
             window: self.window,
         };
+        if crate::dump::enabled() {
+            crate::dump::tensor("Qcur", &q.transpose(1, 2)?);
+        }
         let out = attend(&flat(q)?, kv, ctx.pos, seq, shape);
         let out = Tensor::from_vec(out, (b, seq, nh * hd), x.device())?;
+        crate::dump::tensor("kqv_out", &out);
         self.o.forward(&out)
     }
 }
@@ -287,20 +291,24 @@ impl Block {
         ctx: &StepContext,
         kv: &mut LayerKv,
     ) -> Result<Tensor> {
-        let h = self
-            .attn
-            .forward(&self.attn_norm.forward(x)?, ropes, ctx, kv)?;
+        let normed = self.attn_norm.forward(x)?;
+        crate::dump::tensor("attn_norm", &normed);
+        let h = self.attn.forward(&normed, ropes, ctx, kv)?;
         let h = match &self.post_attn_norm {
             Some(n) => n.forward(&h)?,
             None => h,
         };
         let x = (x + h)?;
+        crate::dump::tensor("ffn_inp", &x);
         let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
         let h = match &self.post_ffn_norm {
             Some(n) => n.forward(&h)?,
             None => h,
         };
-        x + h
+        crate::dump::tensor("ffn_out", &h);
+        let out = (x + h)?;
+        crate::dump::tensor("l_out", &out);
+        Ok(out)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod chat_template;
 pub mod download;
+pub mod dump;
 pub mod error;
 pub mod frame;
 pub mod gguf;

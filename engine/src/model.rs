@@ -279,9 +279,11 @@ impl ShardModel {
             });
         }
         let ctx = crate::layers::StepContext::new(&self.spec.ropes, pos, seq, &self.device)?;
-        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (i, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            crate::dump::set_layer(Some(self.range.start as usize + i));
             x = block.forward(&x, &self.spec.ropes, &ctx, kv)?;
         }
+        crate::dump::set_layer(None);
         cache.advance(seq);
         match &self.head {
             Some(head) => {
