@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Prompt processing (pp128) and generation (tg64) speed of exo's engine against llama.cpp's
-# llama-bench, on both test models, in one run. Usage: scripts/bench-vs-llamacpp.sh
+# llama-bench (commit 0c1e570, default settings: its repacked kernels on), on the test models and
+# the 1.5B one when present, in one run. Usage: scripts/bench-vs-llamacpp.sh
 #
 # llama-bench is built by scripts/llamacpp.sh twice: natively (-DGGML_NATIVE=ON, AVX-512 on this
-# CPU) and without AVX-512. exo's figures come from `engine/examples/bench.rs`, once with the
-# best kernels the CPU has and once with EXO_NO_AVX512=1 (256-bit kernels only); each exo column
-# is compared with the llama.cpp build of the same instruction sets.
+# CPU) and without AVX-512 (on a CPU without AVX-512 the native build is that build, and the
+# second is skipped). exo's figures come from `engine/examples/bench.rs`, once with the best
+# kernels the CPU has and once with EXO_NO_AVX512=1 (256-bit kernels only); each exo column is
+# compared with the llama.cpp build of the same instruction sets.
 #
-# Every figure is the best of ROUNDS rounds, each of REPS repetitions (llama-bench's average,
-# exo's best), with the contenders interleaved, so that a burst of other work on the machine
-# does not decide a ratio.
+# Every figure is the best of ROUNDS rounds of REPS repetitions, the same statistic on both
+# sides (llama-bench's fastest sample, exo's fastest repetition), with the contenders
+# interleaved, so that a burst of other work on the machine does not decide a ratio. The machine
+# should be quiet: run it under `flock /tmp/exo-bench.lock` where several jobs share it.
 #
 # Environment: THREADS (default 2), REPS (3), ROUNDS (2), PP (128), TG (64), EXO_TEST_MODELS.
 set -euo pipefail
@@ -27,7 +30,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 bench_native=$(llamacpp_bin native llama-bench)
-bench_avx2=$(llamacpp_bin avx2 llama-bench)
+if grep -qw avx512f /proc/cpuinfo; then
+  bench_avx2=$(llamacpp_bin avx2 llama-bench)
+else
+  bench_avx2=$bench_native
+fi
+echo "llama.cpp: commit 0c1e570 (llama-cpp-python $LLAMACPP_VER sdist), $("$bench_native" --version 2>&1 | grep -m1 'built with')" >&2
+models=(gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf)
+big=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+[ -f "$models_dir/$big" ] && models+=("$big") || echo "note: $big is missing (fetch-test-models.sh --large)" >&2
 
 echo "building exo's bench example..." >&2
 (cd "$root" && nice -n 5 cargo build -q --release -p exo-engine --example bench >&2)
@@ -35,7 +46,7 @@ exo_bin="$root/target/release/examples/bench"
 
 out=$work/results.jsonl
 for round in $(seq 1 "$rounds"); do
-for m in gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
+for m in "${models[@]}"; do
   path="$models_dir/$m"
   [ -f "$path" ] || { echo "missing $path: run scripts/fetch-test-models.sh" >&2; exit 1; }
   echo "round $round: measuring $m..." >&2
@@ -46,7 +57,7 @@ for m in gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
 import json, sys
 for r in json.load(sys.stdin):
     t = "pp" if r["n_prompt"] > 0 else "tg"
-    print(json.dumps({"who": sys.argv[2], "model": sys.argv[1], "test": t, "tok_s": r["avg_ts"]}))
+    print(json.dumps({"who": sys.argv[2], "model": sys.argv[1], "test": t, "tok_s": max(r["samples_ts"])}))
 ' "$m" "$who" >> "$out"
   done
   for mode in avx512 no-avx512; do

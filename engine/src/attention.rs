@@ -1,7 +1,8 @@
 //! Attention as llama.cpp computes it on CPU by default — an f16 KV cache and its flash-attention
 //! kernel — so greedy output matches llama.cpp token for token: queries, keys and values rounded
-//! to f16, each key dot product accumulated in ggml's 4×16-lane order, an online softmax in f32,
-//! and the value accumulator kept in f16 (rounded after every fused multiply-add).
+//! to f16, each key dot product accumulated in ggml's `vec_dot_f16` order, an online softmax in f32,
+//! and the value accumulator kept in f16 (rounded after every fused multiply-add). Batches of 64
+//! queries or more go through ggml's tiled kernel instead ([`crate::attention_tiled`]).
 
 use rayon::prelude::*;
 
@@ -153,6 +154,10 @@ pub struct AttnShape {
 /// Causal attention of `seq` new queries (at positions `pos..pos+seq`, `q` as
 /// `[n_head, seq, head_dim]`) over everything in `kv`. Returns `[seq, n_head * head_dim]`.
 pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> Vec<f32> {
+    // Batches of 64+ queries take ggml's tiled kernel, which has numerics of its own.
+    if seq >= crate::attention_tiled::Q_TILE {
+        return crate::attention_tiled::attend(q, &kv.k, &kv.v, pos, seq, s);
+    }
     let (nh, hd) = (s.n_head, s.head_dim);
     let rep = nh / s.n_kv_head;
     let mut out = vec![0f32; seq * nh * hd];
@@ -172,7 +177,7 @@ pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> 
         let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
         let first = s.window.map_or(0, |w| (qi + 1).saturating_sub(w));
         for j in first..=qi {
-            let score = crate::ops::dot_f16_lanes(&keys[j * hd..(j + 1) * hd], &qf) * s.scale;
+            let score = crate::ggml_vec::dot_f16(&keys[j * hd..(j + 1) * hd], &qf) * s.scale;
             let (mut ms, mut vs) = (1f32, 1f32);
             if score > max {
                 ms = (max - score).exp();

@@ -3,11 +3,13 @@
 //! network or HTTP.
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod chat_template;
 pub mod download;
 pub mod dump;
 pub mod error;
 pub mod frame;
+pub mod ggml_vec;
 pub mod gguf;
 pub mod info;
 pub mod kv_cache;

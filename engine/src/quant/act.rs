@@ -7,9 +7,8 @@
 //!   magnitude (signed), `iscale = -127 / max`, `q = min(127, round_half_even(iscale * x))`,
 //!   `d = 1 / iscale`, and sums of each 16 quants.
 //!
-//! ggml's repacked Q4_K path quantizes groups of four rows with `ggml_quantize_mat_q8_K_4x8`,
-//! which differs in one corner: when both `+amax` and `-amax` occur in a block it always picks
-//! the positive one. [`Q8KActs`] keeps that variant for the rows where it differs.
+//! (ggml's repacked Q4_K path quantizes with `ggml_quantize_mat_q8_K_4x8` instead, which picks
+//! `+amax` when both signs of it occur; with `--no-repack`, which exo follows, it does not run.)
 
 use super::{
     blocks::{f32_to_f16, BlockQ8K, BlockQ8_0, BlockQ8_1, QK, QK_K},
@@ -68,10 +67,9 @@ fn nearest_int(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
-/// `quantize_row_q8_K_ref` for one block (`positive_wins = false`), or the variant of
-/// `ggml_quantize_mat_q8_K_4x8` (`positive_wins = true`).
+/// `quantize_row_q8_K_ref` for one block.
 #[inline]
-pub fn quantize_block_q8k(x: &[f32], positive_wins: bool) -> BlockQ8K {
+pub fn quantize_block_q8k(x: &[f32]) -> BlockQ8K {
     debug_assert_eq!(x.len(), QK_K);
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
@@ -86,9 +84,6 @@ pub fn quantize_block_q8k(x: &[f32], positive_wins: bool) -> BlockQ8K {
     if amax == 0.0 {
         return out;
     }
-    if positive_wins && x.contains(&amax) {
-        max = amax;
-    }
     let iscale = -127.0 / max;
     for (q, &v) in out.qs.iter_mut().zip(x) {
         *q = nearest_int(iscale * v).min(127) as i8;
@@ -98,20 +93,6 @@ pub fn quantize_block_q8k(x: &[f32], positive_wins: bool) -> BlockQ8K {
     }
     out.d = 1.0 / iscale;
     out
-}
-
-/// True when the two Q8_K variants differ on this block: the first value of largest magnitude
-/// is negative and the positive magnitude occurs too.
-fn q8k_tie(x: &[f32]) -> bool {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    amax != 0.0 && max < 0.0 && x.contains(&amax)
 }
 
 struct SendPtr<T>(*mut T);
@@ -172,53 +153,24 @@ pub fn quantize_q8_1(x: &[f32], isa: Isa) -> Vec<BlockQ8_1> {
     quantize_rows(x, QK, quantize_block_q8_1)
 }
 
-/// Q8_K activations of `m` rows of width `k`.
+/// Q8_K activations: `quantize_row_q8_K` of every row, what ggml's `vec_dot` kernels use.
 pub struct Q8KActs {
-    /// `quantize_row_q8_K` for every row: what ggml's `vec_dot` kernels use.
     pub rows: Vec<BlockQ8K>,
-    /// The `ggml_quantize_mat_q8_K_4x8` variant of the first `m - m % 4` rows, only when it differs
-    /// from `rows` somewhere (then the remaining rows are copies of `rows`).
-    pub grouped: Option<Vec<BlockQ8K>>,
 }
 
-impl Q8KActs {
-    /// Blocks as ggml's repacked (interleaved) kernels see them.
-    pub fn for_repacked(&self) -> &[BlockQ8K] {
-        self.grouped.as_deref().unwrap_or(&self.rows)
-    }
-}
-
-pub fn quantize_q8k(x: &[f32], m: usize, isa: Isa) -> Q8KActs {
+pub fn quantize_q8k(x: &[f32], isa: Isa) -> Q8KActs {
     assert_eq!(x.len() % QK_K, 0);
     #[cfg(target_arch = "x86_64")]
-    let rows = if isa >= Isa::Avx2 {
+    if isa >= Isa::Avx2 {
         // SAFETY: `isa` is supported by this CPU.
-        quantize_rows(x, QK_K, |b| unsafe { x86::block_q8k(b) })
-    } else {
-        quantize_rows(x, QK_K, |b| quantize_block_q8k(b, false))
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let rows = {
-        let _ = isa;
-        quantize_rows(x, QK_K, |b| quantize_block_q8k(b, false))
-    };
-    let k = x.len().checked_div(m).unwrap_or(0);
-    let grouped_len = (m - m % 4) * k;
-    // Only a block whose first largest magnitude is negative can differ; check those.
-    let grouped = if x[..grouped_len]
-        .chunks_exact(QK_K)
-        .zip(&rows)
-        .any(|(x, b)| b.d > 0.0 && q8k_tie(x))
-    {
-        let mut g = rows.clone();
-        for (b, x) in g.iter_mut().zip(x[..grouped_len].chunks_exact(QK_K)) {
-            *b = quantize_block_q8k(x, true);
-        }
-        Some(g)
-    } else {
-        None
-    };
-    Q8KActs { rows, grouped }
+        return Q8KActs {
+            rows: quantize_rows(x, QK_K, |b| unsafe { x86::block_q8k(b) }),
+        };
+    }
+    let _ = isa;
+    Q8KActs {
+        rows: quantize_rows(x, QK_K, quantize_block_q8k),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -230,12 +230,6 @@ impl WeightType {
             _ => QK,
         }
     }
-
-    /// Whether ggml repacks this weight into its interleaved layout on an AVX2 CPU (and so uses
-    /// the per-block accumulation of its gemv/gemm kernels) for a matrix of `n` rows.
-    pub fn ggml_repacks(self, n: usize) -> bool {
-        matches!(self, Self::Q4_0 | Self::Q4K) && n.is_multiple_of(8)
-    }
 }
 
 /// Quantized activations: `m` rows of `k` values.
@@ -270,7 +264,7 @@ impl Activations {
         let data = match ty {
             ActType::Q8_0 => ActData::Q8_0(act::quantize_q8_0(x, isa)),
             ActType::Q8_1 => ActData::Q8_1(act::quantize_q8_1(x, isa)),
-            ActType::Q8K => ActData::Q8K(act::quantize_q8k(x, m, isa)),
+            ActType::Q8K => ActData::Q8K(act::quantize_q8k(x, isa)),
         };
         let d32 = match &data {
             ActData::Q8_0(b) => b.iter().map(|b| f16_to_f32(b.d)).collect(),
@@ -403,7 +397,7 @@ fn dense_f16(w: &[half::f16], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f3
         let mut wf = vec![0f32; k];
         w[o * k..(o + 1) * k].convert_to_f32_slice(&mut wf);
         for (i, d) in dst.iter_mut().enumerate() {
-            *d = crate::ops::dot_f16_lanes(&wf, &x[i * k..(i + 1) * k]);
+            *d = crate::ggml_vec::dot_f16(&wf, &x[i * k..(i + 1) * k]);
         }
     });
     let mut out = vec![0f32; m * n];

@@ -3,12 +3,11 @@
 //! order (fused multiply-adds included). They are the fallback kernels and the oracle the SIMD
 //! kernels are tested against, bit for bit.
 //!
-//! Two accumulation schemes occur:
-//! * "lanes" (`ggml_vec_dot_*` and llamafile's tinyBLAS): eight lanes, lane `l` of a 32-value
-//!   chunk holding the dot product of values `4l..4l+4`; per block `acc[l] = fma(d, lane, acc[l])`,
-//!   and at the end ggml's `hsum_float_8`.
-//! * "per block" (the repacked `gemv/gemm_*_8x8` kernels ggml uses for Q4_0 and Q4_K when the row
-//!   count is a multiple of 8): one integer per block, `acc = fma(sum, d_w * d_a, acc)`.
+//! The accumulation is "lanes" (`ggml_vec_dot_*` and llamafile's tinyBLAS, what llama.cpp runs
+//! with `--no-repack`): eight lanes, lane `l` of a 32-value chunk holding the dot product of
+//! values `4l..4l+4`; per block `acc[l] = fma(d, lane, acc[l])`, and at the end ggml's
+//! `hsum_float_8`. (ggml's repacked `gemv/gemm_*_8x8` kernels, its default for Q4_0 and Q4_K,
+//! accumulate one float per block instead; exo does not follow them.)
 
 use super::blocks::*;
 
@@ -54,8 +53,7 @@ fn fma_lanes(acc: &mut [f32; 8], d: f32, s: [i32; 8]) {
     }
 }
 
-/// Weight blocks of 32 values whose dot product with Q8_0 activations is "lanes" (or "per
-/// block" for Q4_0 when repacked).
+/// Weight blocks of 32 values whose dot product with Q8_0 activations is "lanes".
 pub trait Block32: Pod + Send + Sync {
     fn d(&self) -> f32;
     fn values(&self) -> [i8; 32];
@@ -122,16 +120,6 @@ pub fn dot_iq4nl_pairs(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
     sum
 }
 
-/// `ggml_gemv/gemm_q4_0_8x8_q8_0`.
-pub fn dot_per_block<B: Block32>(w: &[B], a: &[BlockQ8_0]) -> f32 {
-    let mut acc = 0f32;
-    for (w, a) in w.iter().zip(a) {
-        let s = dot32(&w.values(), &a.qs) as f32;
-        acc = s.mul_add(w.d() * f16_to_f32(a.d), acc);
-    }
-    acc
-}
-
 /// Blocks with a min, against Q8_1 activations.
 pub trait Block32Min: Pod + Send + Sync {
     fn d(&self) -> f32;
@@ -181,36 +169,6 @@ fn bsums32(a: &BlockQ8K) -> [i32; 8] {
         *s = a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32;
     }
     s
-}
-
-/// Integer parts of a Q4_K block against a Q8_K block: `(sum_j sc_j * dot_j, sum_j m_j * bsum_j)`.
-#[inline(always)]
-pub fn q4k_block_sums(w: &BlockQ4K, a: &BlockQ8K) -> (i32, i32) {
-    let (sc, mn) = scales_mins_k4(&w.scales);
-    let v = w.values();
-    let bs = bsums32(a);
-    let mut isum = 0i32;
-    let mut msum = 0i32;
-    for j in 0..8 {
-        let d: i32 = (0..32)
-            .map(|i| v[j * 32 + i] as i32 * a.qs[j * 32 + i] as i32)
-            .sum();
-        isum += sc[j] as i32 * d;
-        msum += mn[j] as i32 * bs[j];
-    }
-    (isum, msum)
-}
-
-/// `ggml_gemv/gemm_q4_K_8x8_q8_K` (weights repacked: row count a multiple of 8).
-pub fn dot_q4k_per_block(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    let mut acc = 0f32;
-    let mut accm = 0f32;
-    for (w, a) in w.iter().zip(a) {
-        let (isum, msum) = q4k_block_sums(w, a);
-        acc = (isum as f32).mul_add(f16_to_f32(w.d) * a.d, acc);
-        accm = (msum as f32).mul_add(f16_to_f32(w.dmin) * a.d, accm);
-    }
-    acc - accm
 }
 
 /// `ggml_vec_dot_q4_K_q8_K`.

@@ -1,4 +1,6 @@
 //! Kernel selection: one chunk kernel per (weight type, accumulation scheme, instruction set).
+//! The schemes are those of llama.cpp run with `--no-repack`: ggml's `vec_dot` kernels for one
+//! activation row, and for prompts the same (k-quants) or llamafile's tinyBLAS (32-value types).
 
 use super::{
     blocks::*, reference as r, run_chunks, ActData, Activations, ChunkFn, Isa, OutPtr, WeightType,
@@ -53,22 +55,12 @@ pub(crate) fn matmul(
 ) {
     let m = acts.m;
     let nb = k / ty.block_len();
-    let repacked = ty.ggml_repacks(n);
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && x86::matmul(ty, repacked, bytes, n, nb, acts, out, isa) {
+    if isa >= Isa::Avx2 && x86::matmul(ty, bytes, n, nb, acts, out, isa) {
         return;
     }
     let _ = isa;
     match (ty, &acts.data) {
-        (WeightType::Q4_0, ActData::Q8_0(a)) if repacked => go(
-            bytes,
-            n,
-            nb,
-            a,
-            m,
-            out,
-            &scalar(r::dot_per_block::<BlockQ4_0>),
-        ),
         (WeightType::Q4_0, ActData::Q8_0(a)) => {
             go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ4_0>))
         }
@@ -102,15 +94,6 @@ pub(crate) fn matmul(
             m,
             out,
             &scalar(r::dot_lanes_min::<BlockQ5_1>),
-        ),
-        (WeightType::Q4K, ActData::Q8K(a)) if repacked => go(
-            bytes,
-            n,
-            nb,
-            a.for_repacked(),
-            m,
-            out,
-            &scalar(r::dot_q4k_per_block),
         ),
         (WeightType::Q4K, ActData::Q8K(a)) => {
             go(bytes, n, nb, &a.rows, m, out, &scalar(r::dot_q4k_lanes))

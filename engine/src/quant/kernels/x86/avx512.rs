@@ -251,7 +251,6 @@ fn run<W: W32x2, A: A32>(
 /// Runs a 512-bit kernel for `ty` if there is one; false otherwise.
 pub(crate) fn matmul(
     ty: WeightType,
-    repacked: bool,
     bytes: &[u8],
     n: usize,
     nb: usize,
@@ -260,9 +259,7 @@ pub(crate) fn matmul(
 ) -> bool {
     let (m, ad) = (acts.m, (&acts.d32[..], &acts.neg_sums[..]));
     match (ty, &acts.data) {
-        (WeightType::Q4_0, ActData::Q8_0(a)) if !repacked => {
-            run::<BlockQ4_0, _>(bytes, n, nb, a, ad, m, out)
-        }
+        (WeightType::Q4_0, ActData::Q8_0(a)) => run::<BlockQ4_0, _>(bytes, n, nb, a, ad, m, out),
         (WeightType::Q5_0, ActData::Q8_0(a)) => run::<BlockQ5_0, _>(bytes, n, nb, a, ad, m, out),
         (WeightType::Q8_0, ActData::Q8_0(a)) => run::<BlockQ8_0, _>(bytes, n, nb, a, ad, m, out),
         (WeightType::Q4_1, ActData::Q8_1(a)) => run::<BlockQ4_1, _>(bytes, n, nb, a, ad, m, out),
@@ -271,7 +268,7 @@ pub(crate) fn matmul(
         (WeightType::IQ4NL, ActData::Q8_0(a)) if m > 1 => {
             run::<BlockIQ4NL, _>(bytes, n, nb, a, ad, m, out)
         }
-        _ => return matmul_kq(ty, repacked, bytes, n, nb, acts, out),
+        _ => return matmul_kq(ty, bytes, n, nb, acts, out),
     }
     true
 }
@@ -279,176 +276,6 @@ pub(crate) fn matmul(
 // ---------------------------------------------------------------------------------------------
 // k-quants. A zmm holds two 32-value chunks (c, c+1) of one (weight row, activation row) pair;
 // integer lanes are folded at the end of each super-block, which is exact.
-
-/// Scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K block, ggml's `utmp` shuffle.
-#[inline(always)]
-fn scales_mins(q: &[u8; 12]) -> [u32; 4] {
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    let mut u = [
-        u32::from_le_bytes([q[0], q[1], q[2], q[3]]),
-        u32::from_le_bytes([q[4], q[5], q[6], q[7]]),
-        u32::from_le_bytes([q[8], q[9], q[10], q[11]]),
-        0,
-    ];
-    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-    let aux = u[1] & KMASK1;
-    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-    u[2] = aux;
-    u[0] &= KMASK1;
-    u
-}
-
-/// Lane `L = 4k + t` of [`reduce16`]'s result holds the sum of input `4t + k`.
-const fn reduce16_src(lane: usize) -> usize {
-    4 * (lane % 4) + lane / 4
-}
-
-/// Sums of each of 16 vectors, transposed into one vector (see [`reduce16_src`]).
-#[inline(always)]
-unsafe fn reduce16(v: &[__m512i; 16]) -> __m512i {
-    let mut w = [_mm512_setzero_si512(); 8];
-    for p in 0..8 {
-        let (a, b) = (v[2 * p], v[2 * p + 1]);
-        w[p] = _mm512_add_epi32(
-            _mm512_shuffle_i64x2(a, b, 0b01_00_01_00),
-            _mm512_shuffle_i64x2(a, b, 0b11_10_11_10),
-        );
-    }
-    let mut x = [_mm512_setzero_si512(); 4];
-    for p in 0..4 {
-        let (a, b) = (w[2 * p], w[2 * p + 1]);
-        x[p] = _mm512_add_epi32(
-            _mm512_shuffle_i64x2(a, b, 0b10_00_10_00),
-            _mm512_shuffle_i64x2(a, b, 0b11_01_11_01),
-        );
-    }
-    let mut y = [_mm512_setzero_si512(); 2];
-    for q in 0..2 {
-        let (a, b) = (x[2 * q], x[2 * q + 1]);
-        y[q] = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
-    }
-    let (a, b) = (_mm512_castsi512_ps(y[0]), _mm512_castsi512_ps(y[1]));
-    _mm512_add_epi32(
-        _mm512_castps_si512(_mm512_shuffle_ps(a, b, 0b10_00_10_00)),
-        _mm512_castps_si512(_mm512_shuffle_ps(a, b, 0b11_01_11_01)),
-    )
-}
-
-/// Lane indices: which `(r, i)` pair of an `RW x RA` tile (input `r * RA + i` of [`reduce16`])
-/// each result lane holds.
-const fn pair_of_lane<const RA: usize>(lane: usize) -> (usize, usize) {
-    let p = reduce16_src(lane);
-    (p / RA, p % RA)
-}
-
-#[inline(always)]
-unsafe fn lane_index(f: impl Fn(usize) -> usize) -> __m512i {
-    let mut idx = [0i32; 16];
-    for (l, v) in idx.iter_mut().enumerate() {
-        *v = f(l) as i32;
-    }
-    _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
-}
-
-/// Q4_K chunk pair `(2j, 2j+1)`: the low and high nibbles of `qs[32j..32j+32]`.
-#[inline(always)]
-unsafe fn q4k_pair(qs: &[u8; 128], j: usize) -> __m512i {
-    let b = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.as_ptr().add(32 * j) as *const __m256i));
-    let b = _mm512_mask_srli_epi16(b, 0xFFFF_0000, b, 4);
-    _mm512_and_si512(b, _mm512_set1_epi8(0xF))
-}
-
-/// 16-bit scales for chunk pair `(2j, 2j+1)` from the 8 scales as i16 in `sc16`.
-#[inline(always)]
-unsafe fn q4k_scale_pair(sc16: __m512i, j: usize) -> __m512i {
-    let lo = _mm512_set1_epi16(2 * j as i16);
-    let hi = _mm512_set1_epi16(2 * j as i16 + 1);
-    let idx = _mm512_mask_mov_epi16(lo, 0xFFFF_0000, hi);
-    _mm512_permutexvar_epi16(idx, sc16)
-}
-
-/// Q4_K, ggml's repacked accumulation, on tiles of `RW x RA = 16` pairs: the 16 integer sums of
-/// a super-block are reduced into one vector and the float steps run on 16 lanes at once.
-#[inline(always)]
-unsafe fn tile_q4k<const RW: usize, const RA: usize>(
-    w: &[BlockQ4K],
-    a: &[BlockQ8K],
-    nb: usize,
-) -> [[f32; RA]; RW] {
-    debug_assert_eq!(RW * RA, 16);
-    let r_idx = lane_index(|l| pair_of_lane::<RA>(l).0);
-    let i_idx = lane_index(|l| pair_of_lane::<RA>(l).1);
-    let mut acc = _mm512_setzero_ps();
-    let mut accm = _mm512_setzero_ps();
-    let step = RW * std::mem::size_of::<BlockQ4K>();
-    let next = (w.as_ptr() as *const i8).wrapping_add(step * nb);
-    for b in 0..nb {
-        if RA == 1 {
-            prefetch_slice(next, b, step);
-        }
-        let wb: [&BlockQ4K; RW] = std::array::from_fn(|r| w.get_unchecked(r * nb + b));
-        let ab: [&BlockQ8K; RA] = std::array::from_fn(|i| a.get_unchecked(i * nb + b));
-        let mut sc16 = [_mm512_setzero_si512(); RW];
-        let mut mins = [_mm256_setzero_si256(); RW];
-        let mut dw = [0u16; 16];
-        let mut dmw = [0u16; 16];
-        for r in 0..RW {
-            let u = scales_mins(&wb[r].scales);
-            let sm = _mm256_cvtepu8_epi16(_mm_loadu_si128(u.as_ptr() as *const __m128i));
-            sc16[r] = _mm512_castsi256_si512(sm);
-            // mins (i16 8..16) twice each, against the 16-sums
-            let m = _mm256_extracti128_si256(sm, 1);
-            mins[r] = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
-            dw[r] = wb[r].d;
-            dmw[r] = wb[r].dmin;
-        }
-        let mut is = [_mm512_setzero_si512(); 16];
-        for j in 0..4 {
-            let mut av = [_mm512_setzero_si512(); RA];
-            for i in 0..RA {
-                av[i] = _mm512_loadu_si512(ab[i].qs.as_ptr().add(64 * j) as *const __m512i);
-            }
-            for r in 0..RW {
-                let q = q4k_pair(&wb[r].qs, j);
-                let sc = q4k_scale_pair(sc16[r], j);
-                for i in 0..RA {
-                    let p16 = _mm512_maddubs_epi16(q, av[i]);
-                    is[r * RA + i] = _mm512_dpwssd_epi32(is[r * RA + i], p16, sc);
-                }
-            }
-        }
-        let mut ms = [_mm512_setzero_si512(); 16];
-        for i in 0..RA {
-            let bs = _mm256_loadu_si256(ab[i].bsums.as_ptr() as *const __m256i);
-            for r in 0..RW {
-                ms[r * RA + i] = _mm512_zextsi256_si512(_mm256_madd_epi16(bs, mins[r]));
-            }
-        }
-        let isum = _mm512_cvtepi32_ps(reduce16(&is));
-        let msum = _mm512_cvtepi32_ps(reduce16(&ms));
-        let mut da = [0f32; 16];
-        for i in 0..RA {
-            da[i] = ab[i].d;
-        }
-        let da = _mm512_permutexvar_ps(i_idx, _mm512_loadu_ps(da.as_ptr()));
-        let dwv = _mm512_cvtph_ps(_mm256_loadu_si256(dw.as_ptr() as *const __m256i));
-        let dmv = _mm512_cvtph_ps(_mm256_loadu_si256(dmw.as_ptr() as *const __m256i));
-        let d = _mm512_mul_ps(_mm512_permutexvar_ps(r_idx, dwv), da);
-        let dm = _mm512_mul_ps(_mm512_permutexvar_ps(r_idx, dmv), da);
-        acc = _mm512_fmadd_ps(isum, d, acc);
-        accm = _mm512_fmadd_ps(msum, dm, accm);
-    }
-    let mut res = [0f32; 16];
-    _mm512_storeu_ps(res.as_mut_ptr(), _mm512_sub_ps(acc, accm));
-    let mut out = [[0f32; RA]; RW];
-    for (l, v) in res.iter().enumerate() {
-        let (r, i) = pair_of_lane::<RA>(l);
-        out[r][i] = *v;
-    }
-    out
-}
 
 /// Q6_K chunk pair `(c, c+1)` (c even) as unsigned bytes.
 #[inline(always)]
@@ -610,19 +437,11 @@ macro_rules! kq_chunk {
     };
 }
 
-kq_chunk!(
-    chunk_q4k,
-    BlockQ4K,
-    tile_q4k,
-    q4k,
-    [(4, 4), (8, 2), (16, 1)]
-);
 kq_chunk!(chunk_q6k, BlockQ6K, tile_q6k, k_lanes, [(2, 4), (4, 1)]);
 
 /// Runs a 512-bit k-quant kernel if there is one; false otherwise.
 pub(crate) fn matmul_kq(
     ty: WeightType,
-    repacked: bool,
     bytes: &[u8],
     n: usize,
     nb: usize,
@@ -631,19 +450,6 @@ pub(crate) fn matmul_kq(
 ) -> bool {
     let m = acts.m;
     match (ty, &acts.data) {
-        (WeightType::Q4K, ActData::Q8K(a)) if repacked => {
-            let w = cast::<BlockQ4K>(bytes);
-            // SAFETY: the caller checked the CPU.
-            run_chunks(
-                w,
-                n,
-                nb,
-                a.for_repacked(),
-                m,
-                out,
-                &|w, a, nb, m, o| unsafe { chunk_q4k(w, a, nb, m, o) },
-            );
-        }
         (WeightType::Q6K, ActData::Q8K(a)) => {
             let w = cast::<BlockQ6K>(bytes);
             // SAFETY: the caller checked the CPU.

@@ -8,8 +8,8 @@
 //! feature level that runtime detection chose. By role, as in ggml-cpu's arch/x86:
 //! * [`simd`]: the dot-product primitives per level and small vector helpers;
 //! * [`quants`]: the `ggml_vec_dot_*` kernels (lanes accumulation), 32-value blocks and k-quants;
-//! * [`repack`]: weights rearranged eight rows per vector for prompts, and the per-block
-//!   numerics of ggml's repacked Q4_0 / Q4_K kernels;
+//! * [`repack`]: weights rearranged eight rows per vector for prompts (ggml's interleaved layout,
+//!   not its repacked numerics);
 //! * [`avx512`]: 512-bit versions of the above.
 //!
 //! Layout of the work: a chunk of weight rows (handed to one thread) is swept in tiles of `RW`
@@ -109,7 +109,6 @@ mod repack;
 mod simd;
 
 use quants::*;
-use repack::*;
 pub(crate) use simd::hsum_i32;
 use simd::*;
 
@@ -130,10 +129,6 @@ macro_rules! entries {
                 o: OutPtr,
             ) {
                 chunk_w32::<W, A, $d>(mode, w, a, nb, m, o)
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4k(w: &[BlockQ4K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
-                chunk_q4k::<$d>(w, a, nb, m, o)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q5k(w: &[BlockQ5K], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
@@ -236,7 +231,6 @@ macro_rules! kq {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     ty: WeightType,
-    repacked: bool,
     bytes: &[u8],
     n: usize,
     nb: usize,
@@ -246,13 +240,12 @@ pub(crate) fn matmul(
 ) -> bool {
     debug_assert!(isa >= Isa::Avx2 && isa.supported());
     let (m, ad, ns) = (acts.m, &acts.d32[..], &acts.neg_sums[..]);
-    if isa == Isa::Avx512 && avx512::matmul(ty, repacked, bytes, n, nb, acts, out) {
+    if isa == Isa::Avx512 && avx512::matmul(ty, bytes, n, nb, acts, out) {
         return true;
     }
     match (ty, &acts.data) {
         (WeightType::Q4_0, ActData::Q8_0(a)) => {
-            let mode = if repacked { acc::PER_BLOCK } else { acc::LANES };
-            w32::<BlockQ4_0, _>(isa, mode, bytes, n, nb, a, ad, ns, m, out)
+            w32::<BlockQ4_0, _>(isa, acc::LANES, bytes, n, nb, a, ad, ns, m, out)
         }
         (WeightType::Q5_0, ActData::Q8_0(a)) => {
             w32::<BlockQ5_0, _>(isa, acc::LANES, bytes, n, nb, a, ad, ns, m, out)
@@ -270,9 +263,6 @@ pub(crate) fn matmul(
         (WeightType::IQ4NL, ActData::Q8_0(a)) => {
             let mode = if m == 1 { acc::PAIRS } else { acc::LANES };
             w32::<BlockIQ4NL, _>(isa, mode, bytes, n, nb, a, ad, ns, m, out)
-        }
-        (WeightType::Q4K, ActData::Q8K(a)) if repacked => {
-            kq!(q4k, BlockQ4K, isa, bytes, n, nb, a.for_repacked(), m, out)
         }
         (WeightType::Q5K, ActData::Q8K(a)) => {
             kq!(q5k, BlockQ5K, isa, bytes, n, nb, &a.rows, m, out)

@@ -252,8 +252,6 @@ pub(super) unsafe fn negcorr<W: W32, D: Dot>(ns: *const [i32; 8]) -> __m256i {
 pub(super) mod acc {
     /// ggml's `vec_dot` and tinyBLAS: eight f32 lanes, `fma(d, lane, acc)` per block.
     pub const LANES: u8 = 0;
-    /// ggml's repacked Q4_0 kernels: one float per block, `fma(sum, d, acc)`.
-    pub const PER_BLOCK: u8 = 1;
     /// `ggml_vec_dot_iq4_nl_q8_0`: even and odd blocks in two sets of lanes, added before the
     /// final sum; an odd last block added after it, `total + d * sum`.
     pub const PAIRS: u8 = 2;
@@ -275,7 +273,6 @@ pub(super) unsafe fn tile_w32<
     nb: usize,
 ) -> [[f32; RA]; RW] {
     let (a, ad) = (rows.a, rows.d);
-    let per_block = MODE == acc::PER_BLOCK;
     let mut acc = [[_mm256_setzero_ps(); RA]; RW];
     let mut acc_odd = [[_mm256_setzero_ps(); RA]; RW];
     let mut accs = [[0f32; RA]; RW];
@@ -302,7 +299,7 @@ pub(super) unsafe fn tile_w32<
         // The scale products `dw * da` of the tile's pairs, RA at a time in one multiply; each
         // pair then broadcasts its own from memory (a load, not an arithmetic op).
         let mut prod = [[0f32; 8]; RW];
-        if RA > 1 && !per_block {
+        if RA > 1 {
             let mut das = [0f32; 8];
             for i in 0..RA {
                 das[i] = *ad.get_unchecked(i * nb + b);
@@ -320,15 +317,12 @@ pub(super) unsafe fn tile_w32<
             let sa = if W::HAS_MIN { f16x1(ab.s_bits()) } else { 0.0 };
             for r in 0..RW {
                 let isum = lanes_w32::<W, D>(wu[r], av, nc);
-                let d = if RA > 1 && !per_block {
+                let d = if RA > 1 {
                     _mm256_broadcast_ss(&prod[r][i])
                 } else {
                     _mm256_mul_ps(dw[r], da)
                 };
-                if per_block {
-                    let s = hsum_i32(isum) as f32;
-                    accs[r][i] = s.mul_add(_mm256_cvtss_f32(d), accs[r][i]);
-                } else if is_tail {
+                if is_tail {
                     tail[r][i] = (hsum_i32(isum) as f32, _mm256_cvtss_f32(d));
                 } else if MODE == acc::PAIRS && b % 2 == 1 {
                     acc_odd[r][i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc_odd[r][i]);
@@ -344,9 +338,7 @@ pub(super) unsafe fn tile_w32<
     let mut out = [[0f32; RA]; RW];
     for r in 0..RW {
         for i in 0..RA {
-            out[r][i] = if per_block {
-                accs[r][i]
-            } else if MODE == acc::PAIRS {
+            out[r][i] = if MODE == acc::PAIRS {
                 let (s, d) = tail[r][i];
                 hsum8(_mm256_add_ps(acc[r][i], acc_odd[r][i])) + d * s
             } else if W::HAS_MIN {
@@ -406,15 +398,6 @@ pub(super) unsafe fn tile_w32_lanes<W: W32, A: A32, D: Dot, const RW: usize, con
 }
 
 #[inline(always)]
-pub(super) unsafe fn tile_w32_block<W: W32, A: A32, D: Dot, const RW: usize, const RA: usize>(
-    w: &[W],
-    a: Rows<'_, A>,
-    nb: usize,
-) -> [[f32; RA]; RW] {
-    tile_w32::<W, A, D, RW, RA, { acc::PER_BLOCK }>(w, a, nb)
-}
-
-#[inline(always)]
 pub(super) unsafe fn tile_w32_pairs<W: W32, A: A32, D: Dot, const RW: usize, const RA: usize>(
     w: &[W],
     a: Rows<'_, A>,
@@ -432,9 +415,7 @@ pub(super) unsafe fn chunk_w32<W: W32, A: A32, D: Dot>(
     m: usize,
     o: OutPtr,
 ) {
-    if mode == acc::PER_BLOCK {
-        sweep!(tile_w32_block, [W, A, D], 4, 2, w, a, nb, m, o);
-    } else if mode == acc::PAIRS {
+    if mode == acc::PAIRS {
         sweep!(tile_w32_pairs, [W, A, D], 4, 1, w, a, nb, m, o);
     } else if m == 1 {
         sweep!(tile_w32_lanes, [W, A, D], 4, 1, w, a, nb, m, o);

@@ -71,23 +71,6 @@ pub(crate) unsafe fn hsum8(x: __m256) -> f32 {
     _mm_cvtss_f32(r)
 }
 
-/// Sums of each of 8 vectors: lane `p` of the result is the sum of the lanes of `v[p]`.
-#[inline(always)]
-pub(crate) unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
-    let w = [
-        _mm256_hadd_epi32(v[0], v[1]),
-        _mm256_hadd_epi32(v[2], v[3]),
-        _mm256_hadd_epi32(v[4], v[5]),
-        _mm256_hadd_epi32(v[6], v[7]),
-    ];
-    let x0 = _mm256_hadd_epi32(w[0], w[1]);
-    let x1 = _mm256_hadd_epi32(w[2], w[3]);
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256(x0, x1, 0x20),
-        _mm256_permute2x128_si256(x0, x1, 0x31),
-    )
-}
-
 /// Sum of 8 i32 lanes.
 #[inline(always)]
 pub(crate) unsafe fn hsum_i32(a: __m256i) -> i32 {
