@@ -188,6 +188,7 @@ pub fn gated(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// ggml's `ggml_vec_dot_f16` (f16 inputs, here already widened to f32) on AVX-512: four 16-lane
 /// fused multiply-add accumulators over 64-element steps, folded pairwise, then reduced the way
 /// `_mm512_reduce_add_ps` does; a tail in f64.
+#[cfg_attr(target_arch = "aarch64", allow(unreachable_code))]
 pub fn dot_f16_lanes(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
@@ -195,6 +196,8 @@ pub fn dot_f16_lanes(x: &[f32], y: &[f32]) -> f32 {
         // SAFETY: the CPU has the features.
         return unsafe { dot_f16_lanes_avx2(x, y) };
     }
+    #[cfg(target_arch = "aarch64")]
+    return crate::quant::arm_f16::dot_f16_lanes(x, y);
     dot_f16_lanes_scalar(x, y)
 }
 
