@@ -21,6 +21,8 @@
 pub(crate) mod act;
 pub(crate) mod f16;
 mod quants;
+// The whole-product models run only in the tests; the kernels share their float steps.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod reference;
 mod simd;
 #[cfg(test)]
@@ -144,6 +146,8 @@ macro_rules! entries {
             ) {
                 rows(w, a, nb, m, o, |w, a| dot_k::<W, $d>(w, a, step))
             }
+            // Taken at the i8mm level only, so through `e_dot`.
+            #[allow(dead_code)]
             #[target_feature(enable = $features)]
             pub unsafe fn k_tiles<W: KInts>(
                 w: &[W],
@@ -297,6 +301,7 @@ pub(crate) fn matmul(
 
 /// The same products with the scalar models of [`reference`], for the path `isa` takes (the
 /// oracle of the tests; any `isa`, whatever the CPU has).
+#[cfg(test)]
 pub(crate) fn reference_matmul(
     ty: WeightType,
     bytes: &[u8],

@@ -5,7 +5,7 @@
 //! parts come from [`Dot`] (`sdot` or ggml's widening fallback) or `smmla`, and the float steps
 //! are ggml's, in its order.
 
-#![allow(clippy::missing_safety_doc)]
+#![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
 
 use std::arch::aarch64::*;
 

@@ -16,6 +16,8 @@
 //!   the weight rows are even in number (ggml's `nrc == 2` kernels): per output, per block, the
 //!   block's integer times its scale, a multiply then an add.
 
+#![allow(clippy::needless_range_loop)] // transcriptions of ggml's C loops
+
 use super::super::super::{blocks::*, reference as x86};
 
 /// Which of ggml's ARM code paths a product follows.
