@@ -29,16 +29,20 @@ pub fn round_f16(x: f32) -> f32 {
 }
 
 /// `acc = round_f16(acc * s)` element-wise.
+#[cfg_attr(target_arch = "aarch64", allow(unreachable_code))]
 fn scale_f16(acc: &mut [f32], s: f32) {
     #[cfg(target_arch = "x86_64")]
     if f16c() {
         // SAFETY: the CPU has the features.
         return unsafe { x86::scale_f16(acc, s) };
     }
+    #[cfg(target_arch = "aarch64")]
+    return crate::quant::arm_f16::scale_f16(acc, s, round_f16);
     acc.iter_mut().for_each(|a| *a = round_f16(*a * s));
 }
 
 /// `acc = round_f16(v * s + acc)` element-wise, with one rounding for `v * s + acc`.
+#[cfg_attr(target_arch = "aarch64", allow(unreachable_code))]
 fn axpy_f16(acc: &mut [f32], v: &[f32], s: f32) {
     assert_eq!(acc.len(), v.len());
     #[cfg(target_arch = "x86_64")]
@@ -46,6 +50,8 @@ fn axpy_f16(acc: &mut [f32], v: &[f32], s: f32) {
         // SAFETY: the CPU has the features; the lengths match.
         return unsafe { x86::axpy_f16(acc, v, s) };
     }
+    #[cfg(target_arch = "aarch64")]
+    return crate::quant::arm_f16::axpy_f16(acc, v, s, round_f16);
     for (a, &v) in acc.iter_mut().zip(v) {
         *a = round_f16(v.mul_add(s, *a));
     }

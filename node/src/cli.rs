@@ -6,10 +6,22 @@ use clap::{Args, Parser, Subcommand};
 
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("EXO_GIT_COMMIT"), ")");
 
+/// `--version`: the version and, on a second line, the CPU kernel set chosen at run time
+/// (`kernels: avx512-vnni`, `kernels: neon+dotprod+i8mm`, ...).
+fn version_and_kernels() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            "{VERSION}\nkernels: {}",
+            exo_engine::quant::Isa::current().name()
+        )
+    })
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "exo-p2p",
-    version = VERSION,
+    version = version_and_kernels(),
     about = "Run one large language model across many ordinary machines",
     long_about = "Run one large language model across many ordinary machines.\n\n\
         Each node holds a contiguous slice of the model's layers; together the nodes serve one \

@@ -1,4 +1,5 @@
-//! Activation quantization with the numerics of ggml's x86 CPU backend.
+//! Activation quantization with the numerics of ggml's x86 CPU backend (on aarch64 levels,
+//! Q8_0 / Q8_1 follow ggml's NEON quantizer instead: `kernels/arm/act.rs`).
 //!
 //! * `Q8_0` / `Q8_1` (`quantize_row_q8_0` / `_q8_1`, AVX2 build): per 32 values `amax = max|x|`,
 //!   `d = amax / 127` stored as f16, `id = 127 / amax` (not `1 / d`), `q = round_half_even(x * id)`.
@@ -138,6 +139,10 @@ pub fn quantize_q8_0(x: &[f32], isa: Isa) -> Vec<BlockQ8_0> {
         // SAFETY: `isa` is supported by this CPU.
         return quantize_rows(x, QK, |b| unsafe { x86::block_q8_0(b) });
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa.is_arm() {
+        return quantize_rows(x, QK, super::kernels::arm::act::block_q8_0);
+    }
     let _ = isa;
     quantize_rows(x, QK, quantize_block_q8_0)
 }
@@ -148,6 +153,10 @@ pub fn quantize_q8_1(x: &[f32], isa: Isa) -> Vec<BlockQ8_1> {
     if isa >= Isa::Avx2 {
         // SAFETY: `isa` is supported by this CPU.
         return quantize_rows(x, QK, |b| unsafe { x86::block_q8_1(b) });
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa.is_arm() {
+        return quantize_rows(x, QK, super::kernels::arm::act::block_q8_1);
     }
     let _ = isa;
     quantize_rows(x, QK, quantize_block_q8_1)

@@ -7,7 +7,9 @@
 //! Kernels: a scalar one per weight type (the reference), AVX2 (`maddubs`), AVX-VNNI (256-bit
 //! `vpdpbusd`) and AVX-512 (F/BW/VL/VNNI), chosen at run time; every level gives the same bits.
 //! `EXO_NO_AVX512=1` keeps to 256-bit code; `EXO_QUANT_ISA=scalar|avx2|avxvnni|avx512` caps the
-//! level (at what the CPU has). Weight types without a kernel here fall back to candle's
+//! level (at what the CPU has). On aarch64 the levels are NEON, +dotprod and +i8mm
+//! (`EXO_QUANT_ISA=neon|dotprod|i8mm`), whose kernels follow ggml's ARM numerics instead
+//! (`kernels/arm`). Weight types without a kernel here fall back to candle's
 //! `QMatMul`.
 //!
 //! Work is split into chunks of weight rows run on a small pool (`pool.rs`) where the calling
@@ -19,6 +21,9 @@ pub mod act;
 pub mod blocks;
 pub mod dequant;
 mod kernels;
+/// NEON f16 helpers for attention and `ops` (see `kernels/arm/f16.rs`).
+#[cfg(target_arch = "aarch64")]
+pub(crate) use kernels::arm::f16 as arm_f16;
 mod pool;
 pub mod reference;
 mod storage;
@@ -43,6 +48,12 @@ pub enum Isa {
     AvxVnni,
     /// AVX-512 F/BW/VL/VNNI, 512-bit kernels.
     Avx512,
+    /// aarch64 NEON without the dot-product extension (ggml's `vmull`+`vpadal` lanes).
+    Neon,
+    /// NEON with `sdot` (FEAT_DotProd).
+    NeonDotprod,
+    /// NEON with `sdot` and `smmla` (FEAT_I8MM).
+    NeonI8mm,
 }
 
 impl Isa {
@@ -63,17 +74,54 @@ impl Isa {
                         && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
                 }
+                _ => false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            match self {
+                Isa::Scalar => true,
+                Isa::Neon => has!("neon"),
+                Isa::NeonDotprod => has!("neon") && has!("dotprod"),
+                Isa::NeonI8mm => has!("neon") && has!("dotprod") && has!("i8mm"),
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == Isa::Scalar
         }
     }
 
+    /// Whether this is an aarch64 level (whose kernels follow ggml's ARM numerics, see
+    /// `kernels/arm`).
+    pub fn is_arm(self) -> bool {
+        matches!(self, Isa::Neon | Isa::NeonDotprod | Isa::NeonI8mm)
+    }
+
+    /// The kernel set's name, as `exo-p2p --version` and the bench table print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512 => "avx512-vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon+dotprod",
+            Isa::NeonI8mm => "neon+dotprod+i8mm",
+        }
+    }
+
+    /// Every level of this architecture, lowest first (the order `best_up_to` caps along).
+    #[cfg(target_arch = "aarch64")]
+    const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
+    #[cfg(not(target_arch = "aarch64"))]
     const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512];
+    const TOP: Isa = Isa::ALL[3];
 
     /// The best supported level not above `cap`.
+    /// (A cap of another architecture means no cap but `Scalar`'s.)
     pub fn best_up_to(cap: Isa) -> Isa {
         Isa::ALL
             .into_iter()
@@ -84,16 +132,16 @@ impl Isa {
 
     /// The best level this CPU supports.
     pub fn detect() -> Isa {
-        Isa::best_up_to(Isa::Avx512)
+        Isa::best_up_to(Isa::TOP)
     }
 
     /// The level in use: [`Isa::detect`] limited by `EXO_NO_AVX512` and `EXO_QUANT_ISA`.
     pub fn current() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let mut cap = Isa::Avx512;
+            let mut cap = Isa::TOP;
             let on = |v: &str| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0");
-            if on("EXO_NO_AVX512") {
+            if on("EXO_NO_AVX512") && cap == Isa::Avx512 {
                 cap = Isa::AvxVnni;
             }
             if let Ok(s) = std::env::var("EXO_QUANT_ISA") {
@@ -102,6 +150,9 @@ impl Isa {
                     "avx2" => Some(Isa::Avx2),
                     "avxvnni" | "vnni" => Some(Isa::AvxVnni),
                     "avx512" => Some(Isa::Avx512),
+                    "neon" => Some(Isa::Neon),
+                    "dotprod" | "neon+dotprod" => Some(Isa::NeonDotprod),
+                    "i8mm" | "neon+dotprod+i8mm" => Some(Isa::NeonI8mm),
                     _ => None,
                 };
                 if let Some(w) = want {

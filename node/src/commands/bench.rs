@@ -205,15 +205,16 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
     }
 
     let size = info.weight_bytes as f64 / (1 << 20) as f64;
-    println!("| model | size | threads | config | test | t/s | vs 1 node |");
-    println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
+    let kernels = exo_engine::quant::Isa::current().name();
+    println!("| model | size | kernels | threads | config | test | t/s | vs 1 node |");
+    println!("| --- | ---: | --- | ---: | --- | --- | ---: | ---: |");
     for r in &rows {
         let base = rows
             .iter()
             .find(|b| b.config == "1 node" && b.test == r.test)
             .map_or(1.0, |b| r.mean / b.mean);
         println!(
-            "| {} | {size:.0} MiB | {threads} | {} | {} | {:.2} ± {:.2} | {base:.3} |",
+            "| {} | {size:.0} MiB | {kernels} | {threads} | {} | {} | {:.2} ± {:.2} | {base:.3} |",
             info.id, r.config, r.test, r.mean, r.stddev
         );
     }

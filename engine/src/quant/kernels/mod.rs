@@ -9,6 +9,9 @@ use super::{
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod arm;
+
 /// Sum of eight i32 lanes.
 ///
 /// # Safety
@@ -58,6 +61,10 @@ pub(crate) fn matmul(
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && x86::matmul(ty, bytes, n, nb, acts, out, isa) {
         return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa.is_arm() {
+        return arm::matmul(ty, bytes, n, nb, acts, out, isa);
     }
     let _ = isa;
     match (ty, &acts.data) {
