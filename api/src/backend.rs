@@ -16,17 +16,13 @@ pub struct ModelCard {
     pub context_length: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+pub use crate::core::chat::{ChatMessage, Tool, ToolCall};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     /// A plain prompt (`/v1/completions`).
     Text(String),
-    /// A conversation, rendered through the model's chat template (`/v1/chat/completions`).
+    /// A conversation, rendered through the model's chat template with the request's `tools`.
     Chat(Vec<ChatMessage>),
 }
 
@@ -50,6 +46,34 @@ pub struct GenerateRequest {
     pub logprobs: bool,
     /// Also return this many alternatives per token (0-20).
     pub top_logprobs: u8,
+    /// Functions the model may call, shown to it through the chat template.
+    pub tools: Vec<Tool>,
+    /// A JSON schema the output must match, enforced token by token while sampling.
+    pub grammar: Option<serde_json::Value>,
+}
+
+impl GenerateRequest {
+    /// A request with the defaults of a surface that sets nothing: greedy, no limit but the
+    /// context, no stop strings, no tools.
+    pub fn new(request_id: String, model: String, prompt: Prompt) -> Self {
+        GenerateRequest {
+            request_id,
+            model,
+            prompt,
+            max_tokens: None,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            seed: None,
+            stop: Vec::new(),
+            logprobs: false,
+            top_logprobs: 0,
+            tools: Vec::new(),
+            grammar: None,
+        }
+    }
 }
 
 /// An alternative token and its log-probability.

@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use backend::{
     Backend, BackendError, ChatMessage, GenerateRequest, Generation, GenerationEvent, Health,
-    ModelCard, Prompt, TokenLogprob,
+    ModelCard, Prompt, TokenLogprob, Tool, ToolCall,
 };
 pub use config::{ApiConfig, Cors, DEFAULT_PORT};
 pub use error::ApiError;
@@ -112,6 +112,8 @@ pub fn router(backend: Arc<dyn Backend>, config: ApiConfig) -> Result<Router, Se
     );
     let app = open
         .merge(surfaces::openai::routes(&state))
+        .merge(surfaces::anthropic::routes(&state))
+        .merge(surfaces::ollama::routes(&state))
         .merge(node_views)
         .fallback(not_found)
         .with_state(state.clone())
@@ -125,11 +127,19 @@ pub fn router(backend: Arc<dyn Backend>, config: ApiConfig) -> Result<Router, Se
 
 /// `404` for paths no route knows, in the shape of the surface the path belongs to.
 async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
     let error = ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
-        format!("Unknown route: {} {}", req.method(), req.uri().path()),
+        format!("Unknown route: {} {path}", req.method()),
     )
     .with_code("unknown_url");
-    errors::response(&error, surfaces::openai::render)
+    let render: errors::Render = if path.starts_with("/api/") {
+        surfaces::ollama::render
+    } else if path.starts_with("/v1/messages") {
+        surfaces::anthropic::render
+    } else {
+        surfaces::openai::render
+    };
+    errors::response(&error, render)
 }

@@ -284,14 +284,8 @@ async fn chat_parameters_reach_the_backend() {
     assert_eq!(
         req.prompt,
         Prompt::Chat(vec![
-            exo_api::ChatMessage {
-                role: "system".into(),
-                content: "be brief".into()
-            },
-            exo_api::ChatMessage {
-                role: "user".into(),
-                content: "one two\nthree four five".into()
-            },
+            exo_api::ChatMessage::new("system", "be brief"),
+            exo_api::ChatMessage::new("user", "one two\nthree four five"),
         ])
     );
     assert_eq!(req.temperature, 0.25);

@@ -157,6 +157,42 @@ pub struct SamplingParams {
     pub logprobs: bool,
     /// Also return this many most likely alternatives (at most 20).
     pub top_logprobs: u8,
+    /// The tokens this step may sample (a grammar's mask computed by the driver); `None`
+    /// allows every token. Per step: it is the one field that changes between frames.
+    pub allowed: Option<TokenMask>,
+}
+
+/// A set of token ids as a little-endian bitset: bit `id % 8` of byte `id / 8`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenMask {
+    #[serde(with = "serde_bytes")]
+    bits: Vec<u8>,
+}
+
+impl TokenMask {
+    /// From 32-bit words (bit `id % 32` of word `id / 32`), as grammar engines keep them.
+    pub fn from_words(words: &[u32]) -> Self {
+        Self {
+            bits: words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        }
+    }
+
+    /// Ids past the mask's end are not allowed.
+    pub fn allows(&self, id: u32) -> bool {
+        self.bits
+            .get((id / 8) as usize)
+            .is_some_and(|b| b & (1 << (id % 8)) != 0)
+    }
+
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|b| b.count_ones() as usize).sum()
+    }
+}
+
+impl std::fmt::Debug for TokenMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenMask({} allowed)", self.count())
+    }
 }
 
 impl Default for SamplingParams {
@@ -171,6 +207,7 @@ impl Default for SamplingParams {
             seed: 0,
             logprobs: false,
             top_logprobs: 0,
+            allowed: None,
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod shard;
 
 pub use activation::{
     ActivationRequest, ActivationResponse, ErrorKind, Outcome, Payload, SamplingParams,
-    TensorDType, TensorFrame, TokenOut, MAX_FRAME_BYTES,
+    TensorDType, TensorFrame, TokenMask, TokenOut, MAX_FRAME_BYTES,
 };
 pub use capability::{CapabilityRecord, FileOffer, LoadedShard, ModelOffer};
 pub use codec::{decode, encode, CodecError};

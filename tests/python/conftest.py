@@ -73,3 +73,23 @@ def is_fake(model):
 def client(base_url, api_key):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=base_url + "/v1", api_key=api_key or "no-key", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def anthropic_client(base_url, api_key):
+    anthropic = pytest.importorskip("anthropic")
+    return anthropic.Anthropic(base_url=base_url, api_key=api_key or "no-key", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def ollama_client(base_url, api_key):
+    ollama = pytest.importorskip("ollama")
+    headers = {"Authorization": "Bearer " + api_key} if api_key else {}
+    return ollama.Client(host=base_url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def real_model(is_fake):
+    """Tool calls and structured output need a model: the fake server cannot follow them."""
+    if is_fake:
+        pytest.skip("needs a real model (the fake backend ignores tools and grammars)")

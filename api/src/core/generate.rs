@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn, Span};
 
 use crate::backend::{GenerateRequest, Generation, GenerationEvent, TokenLogprob};
+use crate::core::chat::{FinishReason, ToolCall, ToolMode};
 use crate::core::limit::Slot;
+use crate::core::tools::ToolParser;
 use crate::core::AppState;
 use crate::error::ApiError;
 
@@ -37,8 +39,12 @@ pub enum Event {
         logprob: Option<TokenLogprob>,
         top_logprobs: Vec<TokenLogprob>,
     },
-    /// The end: `stop` or `length`.
-    Done { finish_reason: String, usage: Usage },
+    /// The end; `calls` are the turn's tool calls (then `finish_reason` is `ToolCalls`).
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+        calls: Vec<ToolCall>,
+    },
     /// The generation failed after it started; nothing follows.
     Failed(ApiError),
 }
@@ -55,18 +61,25 @@ pub struct Run {
     admitted: Instant,
     first_token: Option<Instant>,
     generation: Generation,
+    /// Reads tool calls out of the text (passes it through when the request has no tools).
+    tools: Option<ToolParser>,
+    /// The end, held while the last content goes out first.
+    done: Option<Event>,
     ended: bool,
     /// Held until the answer is sent or the client leaves.
     _slot: Slot,
 }
 
 /// Waits for a slot, then starts `req` on the backend. Errors before the first token (unknown
-/// model, context too long, a busy mesh) come back here, as the response's status.
+/// model, context too long, a busy mesh) come back here, as the response's status. `mode`
+/// says whether the text is read for calls of `req.tools`.
 pub async fn start(
     state: &AppState,
     received: Instant,
     req: GenerateRequest,
+    mode: ToolMode,
 ) -> Result<Run, ApiError> {
+    let tools = ToolParser::new(mode, &req.tools);
     let slot = state.acquire().await?;
     let admitted = Instant::now();
     Span::current().record("completion_id", tracing::field::display(&req.request_id));
@@ -80,6 +93,8 @@ pub async fn start(
         admitted,
         first_token: None,
         generation,
+        tools: Some(tools),
+        done: None,
         ended: false,
         _slot: slot,
     })
@@ -89,13 +104,22 @@ pub async fn start(
 pub struct Collected {
     pub text: String,
     pub tokens: Vec<(TokenLogprob, Vec<TokenLogprob>)>,
-    pub finish_reason: String,
+    pub finish_reason: FinishReason,
     pub usage: Usage,
+    pub calls: Vec<ToolCall>,
 }
 
 impl Run {
+    /// Tokens of the prompt as the backend encoded it.
+    pub fn prompt_tokens(&self) -> usize {
+        self.generation.prompt_tokens
+    }
+
     /// The next event; `None` once `Done` or `Failed` was returned.
     pub async fn next(&mut self) -> Option<Event> {
+        if let Some(done) = self.done.take() {
+            return Some(done);
+        }
         if self.ended {
             return None;
         }
@@ -106,7 +130,12 @@ impl Run {
                     logprob,
                     top_logprobs,
                 }) => {
-                    // Nothing to say yet (a split character or a partial stop string).
+                    let text = match self.tools.as_mut() {
+                        Some(parser) => parser.push(&text),
+                        None => text,
+                    };
+                    // Nothing to say yet (a split character, a partial stop string, text that
+                    // may be a tool call).
                     if text.is_empty() && logprob.is_none() {
                         continue;
                     }
@@ -126,10 +155,32 @@ impl Run {
                         prompt_tokens,
                         completion_tokens,
                     };
-                    self.finished(&finish_reason, usage);
-                    Event::Done {
+                    let parsed = self.tools.take().map(ToolParser::finish);
+                    let (rest, calls) = match parsed {
+                        Some(p) => (p.content_unsent, p.calls),
+                        None => (String::new(), Vec::new()),
+                    };
+                    let finish_reason = if calls.is_empty() {
+                        FinishReason::from_backend(&finish_reason)
+                    } else {
+                        FinishReason::ToolCalls
+                    };
+                    self.finished(finish_reason, usage);
+                    let done = Event::Done {
                         finish_reason,
                         usage,
+                        calls,
+                    };
+                    if rest.is_empty() {
+                        done
+                    } else {
+                        // Held-back text that was no call after all goes out before the end.
+                        self.done = Some(done);
+                        Event::Text {
+                            text: rest,
+                            logprob: None,
+                            top_logprobs: Vec::new(),
+                        }
                     }
                 }
                 Some(GenerationEvent::Error(e)) => self.failed(ApiError::from(e)),
@@ -160,12 +211,14 @@ impl Run {
                 Event::Done {
                     finish_reason,
                     usage,
+                    calls,
                 } => {
                     return Ok(Collected {
                         text,
                         tokens,
                         finish_reason,
                         usage,
+                        calls,
                     })
                 }
                 Event::Failed(e) => return Err(e),
@@ -184,7 +237,7 @@ impl Run {
         }
     }
 
-    fn finished(&mut self, finish_reason: &str, usage: Usage) {
+    fn finished(&mut self, finish_reason: FinishReason, usage: Usage) {
         self.ended = true;
         self.state
             .metrics
@@ -201,7 +254,7 @@ impl Run {
         let _entered = self.span.enter();
         info!(
             model = %self.model,
-            finish_reason,
+            ?finish_reason,
             prompt_tokens = usage.prompt_tokens,
             completion_tokens = usage.completion_tokens,
             queue_ms = format_args!("{:.1}", ms(self.admitted - self.received)),

@@ -2,11 +2,13 @@
 //! and metrics, the concurrency limit, API-key checks, error shaping and stream framing.
 
 pub mod auth;
+pub mod chat;
 pub mod errors;
 pub mod framing;
 pub mod generate;
 pub mod limit;
 pub mod metrics;
+pub mod tools;
 
 use std::sync::Arc;
 

@@ -2,4 +2,6 @@
 //! routes, request and response shapes, stream framing, API-key header and error shape.
 //! Adding a surface is adding a module here and merging its router in [`crate::router`].
 
+pub mod anthropic;
+pub mod ollama;
 pub mod openai;

@@ -6,6 +6,10 @@
 //! - `fake-tiny`: the same with an 8-token context (longer prompts fail before the first token).
 //! - `fake-endless`: `tick ` forever (until the receiver is dropped, or 60 s).
 //! - `fake-fails`: one token, then an error event.
+//!
+//! With `tools`, a user turn is answered with a Hermes-style call of the first tool
+//! (`<tool_call>{"name": …, "arguments": {"city": "Paris"}}</tool_call>`), and a tool result with
+//! `The tool said: <result>`.
 
 #![allow(dead_code)]
 
@@ -244,7 +248,18 @@ async fn answer(
     last: &str,
     prompt_tokens: usize,
 ) -> bool {
-    let mut reply = format!("Hello! You said: {last}");
+    let last_role = match &req.prompt {
+        Prompt::Chat(m) => m.last().map(|m| m.role.clone()).unwrap_or_default(),
+        Prompt::Text(_) => String::new(),
+    };
+    let mut reply = match (req.tools.first(), last_role.as_str()) {
+        (Some(_), "tool") => format!("The tool said: {last}"),
+        (Some(tool), _) => format!(
+            "<tool_call>\n{{\"name\": \"{}\", \"arguments\": {{\"city\": \"Paris\"}}}}\n</tool_call>",
+            tool.name
+        ),
+        (None, _) => format!("Hello! You said: {last}"),
+    };
     let mut finish = "stop";
     // Stop strings end the answer before them, as a real backend does.
     if let Some(cut) = req.stop.iter().filter_map(|s| reply.find(s.as_str())).min() {

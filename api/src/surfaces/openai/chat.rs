@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::backend::{ChatMessage, GenerateRequest, Prompt, TokenLogprob};
+use crate::core::chat::{self as vocab, FinishReason, ToolCall};
 use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
 use crate::core::AppState;
 use crate::error::ApiError;
@@ -12,9 +13,11 @@ use crate::extract::{typed, JsonObject};
 use crate::middleware::RequestContext;
 use crate::surfaces::openai::sampling::SamplingFields;
 use crate::surfaces::openai::stream::{self, Chunks};
+use crate::surfaces::openai::tools::{self, finish_reason};
 use crate::surfaces::openai::types::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChatLogprobs, ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage, Usage,
+    ChatLogprobs, ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage,
+    ResponseToolCall, Usage,
 };
 
 /// Most alternatives per token OpenAI returns.
@@ -30,6 +33,12 @@ pub async fn chat_completions(
     }
     let req: ChatCompletionRequest = typed(body)?;
     let messages = messages(req.messages)?;
+    let output = vocab::plan(
+        tools::tools(req.tools)?,
+        tools::tool_choice(req.tool_choice, "tool_choice")?,
+        tools::response_format(req.response_format, "response_format")?,
+        "tool_choice",
+    )?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match req.top_logprobs {
         None => 0,
@@ -92,7 +101,10 @@ pub async fn chat_completions(
             stop: sampling.stop,
             logprobs,
             top_logprobs,
+            tools: output.tools,
+            grammar: output.grammar,
         },
+        output.mode,
     )
     .await?;
     let created = unix_now();
@@ -125,11 +137,16 @@ pub async fn chat_completions(
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: done.text,
+                content: (done.calls.is_empty() || !done.text.is_empty()).then_some(done.text),
                 refusal: None,
+                tool_calls: done
+                    .calls
+                    .iter()
+                    .map(|c| ResponseToolCall::new(c, None))
+                    .collect(),
             },
             logprobs,
-            finish_reason: done.finish_reason,
+            finish_reason: finish_reason(done.finish_reason).to_owned(),
         }],
         usage: done.usage.into(),
     })
@@ -183,9 +200,26 @@ fn messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError>
                     texts.join("\n")
                 }
             };
+            let tool_calls = m
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id.unwrap_or_else(|| new_id("call")),
+                    name: c.function.name,
+                    // OpenAI sends the arguments as JSON text; an object is taken as is.
+                    arguments: match c.function.arguments {
+                        serde_json::Value::String(s) => s,
+                        v => v.to_string(),
+                    },
+                })
+                .collect();
             Ok(ChatMessage {
                 role: m.role,
                 content,
+                tool_calls,
+                tool_call_id: m.tool_call_id,
+                name: m.name,
             })
         })
         .collect()
@@ -219,6 +253,7 @@ impl Chunks for ChatChunks {
         let delta = Delta {
             role: Some("assistant"),
             content: Some(String::new()),
+            tool_calls: None,
         };
         Some(self.chunk(
             Some(ChunkChoice {
@@ -247,6 +282,7 @@ impl Chunks for ChatChunks {
         let delta = Delta {
             role: None,
             content: Some(text.to_owned()),
+            tool_calls: None,
         };
         self.chunk(
             Some(ChunkChoice {
@@ -259,13 +295,39 @@ impl Chunks for ChatChunks {
         )
     }
 
-    fn finish(&mut self, finish_reason: &str) -> String {
+    fn calls(&mut self, calls: &[ToolCall]) -> Option<String> {
+        if calls.is_empty() {
+            return None;
+        }
+        // Each call whole, in one delta: clients append argument pieces, one piece is valid.
+        let delta = Delta {
+            tool_calls: Some(
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ResponseToolCall::new(c, Some(i as u32)))
+                    .collect(),
+            ),
+            ..Delta::default()
+        };
+        Some(self.chunk(
+            Some(ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            }),
+            None,
+        ))
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> String {
         self.chunk(
             Some(ChunkChoice {
                 index: 0,
                 delta: Delta::default(),
                 logprobs: None,
-                finish_reason: Some(finish_reason.to_owned()),
+                finish_reason: Some(finish_reason(reason).to_owned()),
             }),
             None,
         )

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::backend::{GenerateRequest, Prompt, TokenLogprob};
+use crate::core::chat::{FinishReason, ToolMode};
 use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
 use crate::core::AppState;
 use crate::error::ApiError;
@@ -12,6 +13,7 @@ use crate::extract::{typed, JsonObject};
 use crate::middleware::RequestContext;
 use crate::surfaces::openai::sampling::SamplingFields;
 use crate::surfaces::openai::stream::{self, Chunks};
+use crate::surfaces::openai::tools::finish_reason;
 use crate::surfaces::openai::types::{
     CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs, Usage,
 };
@@ -92,7 +94,10 @@ pub async fn completions(
             stop: sampling.stop,
             logprobs: logprobs.is_some(),
             top_logprobs: logprobs.unwrap_or(0),
+            tools: Vec::new(),
+            grammar: None,
         },
+        ToolMode::Off,
     )
     .await
     .map_err(|e| {
@@ -136,7 +141,7 @@ pub async fn completions(
             text: echoed + &done.text,
             index: 0,
             logprobs,
-            finish_reason: Some(done.finish_reason),
+            finish_reason: Some(finish_reason(done.finish_reason).to_owned()),
         }],
         usage: Some(Some(done.usage.into())),
     })
@@ -228,13 +233,13 @@ impl Chunks for TextChunks {
         )
     }
 
-    fn finish(&mut self, finish_reason: &str) -> String {
+    fn finish(&mut self, reason: FinishReason) -> String {
         self.chunk(
             Some(TextChoice {
                 text: String::new(),
                 index: 0,
                 logprobs: None,
-                finish_reason: Some(finish_reason.to_owned()),
+                finish_reason: Some(finish_reason(reason).to_owned()),
             }),
             None,
         )

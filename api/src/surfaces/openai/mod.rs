@@ -1,13 +1,15 @@
 //! OpenAI's API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, streamed as
-//! data-only server-sent events ending with `[DONE]`; the key as `Authorization: Bearer`;
+//! data-only server-sent events ending with `[DONE]`, and `/v1/responses` (named events); the key as `Authorization: Bearer`;
 //! errors as `{"error": {"message", "type", "param", "code"}}`. Requests for an upstream
 //! provider's model are forwarded to it.
 
 pub mod chat;
 pub mod completions;
 pub mod models;
+pub mod responses;
 pub mod sampling;
 pub mod stream;
+pub mod tools;
 pub mod types;
 pub mod upstream;
 
@@ -29,7 +31,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             .route("/v1/models", get(models::list_models))
             .route("/v1/models/{*id}", get(models::get_model))
             .route("/v1/chat/completions", post(chat::chat_completions))
-            .route("/v1/completions", post(completions::completions)),
+            .route("/v1/completions", post(completions::completions))
+            .route("/v1/responses", post(responses::responses)),
     )
 }
 

@@ -5,6 +5,7 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
 
 use crate::backend::TokenLogprob;
+use crate::core::chat::{FinishReason, ToolCall};
 use crate::core::framing;
 use crate::core::generate::{Event, Run, Usage};
 
@@ -14,7 +15,11 @@ pub trait Chunks: Send + 'static {
     fn start(&mut self) -> Option<String>;
     fn delta(&mut self, text: &str, logprob: Option<&TokenLogprob>, top: &[TokenLogprob])
         -> String;
-    fn finish(&mut self, finish_reason: &str) -> String;
+    /// The turn's tool calls, before the finish chunk (none for plain completions).
+    fn calls(&mut self, _calls: &[ToolCall]) -> Option<String> {
+        None
+    }
+    fn finish(&mut self, finish_reason: FinishReason) -> String;
     /// The extra last chunk of `stream_options.include_usage`: no choices, the usage.
     fn usage(&mut self, usage: Usage) -> String;
 }
@@ -23,6 +28,7 @@ pub trait Chunks: Send + 'static {
 enum Stage {
     Start,
     Tokens,
+    Finish(FinishReason, Usage),
     Usage(Usage),
     Done,
     End,
@@ -58,13 +64,13 @@ async fn step<C: Chunks>(mut s: Streaming<C>) -> Option<(SseEvent, Streaming<C>)
                 Some(Event::Done {
                     finish_reason,
                     usage,
+                    calls,
                 }) => {
-                    s.stage = if s.include_usage {
-                        Stage::Usage(usage)
-                    } else {
-                        Stage::Done
-                    };
-                    data(s.chunks.finish(&finish_reason))
+                    s.stage = Stage::Finish(finish_reason, usage);
+                    match s.chunks.calls(&calls) {
+                        Some(chunk) => data(chunk),
+                        None => continue,
+                    }
                 }
                 // Too late for a status: the error is an event, then the stream ends.
                 Some(Event::Failed(error)) => {
@@ -73,6 +79,14 @@ async fn step<C: Chunks>(mut s: Streaming<C>) -> Option<(SseEvent, Streaming<C>)
                 }
                 None => None,
             },
+            Stage::Finish(finish_reason, usage) => {
+                s.stage = if s.include_usage {
+                    Stage::Usage(usage)
+                } else {
+                    Stage::Done
+                };
+                data(s.chunks.finish(finish_reason))
+            }
             Stage::Usage(usage) => {
                 s.stage = Stage::Done;
                 data(s.chunks.usage(usage))

@@ -2,6 +2,7 @@
 //! "default", as with OpenAI; unknown fields are ignored.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::backend::{ModelCard, TokenLogprob};
 
@@ -29,6 +30,39 @@ pub struct ChatCompletionRequest {
     pub top_k: Option<i64>,
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
+    pub tools: Option<Vec<ToolDef>>,
+    pub tool_choice: Option<Value>,
+    pub response_format: Option<Value>,
+    /// Accepted; the model decides how many calls it makes.
+    pub parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolDef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Option<Value>,
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestToolCall {
+    pub id: Option<String>,
+    pub function: RequestFunctionCall,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestFunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI sends it (an object is accepted too).
+    pub arguments: Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +115,9 @@ pub struct RequestMessage {
     pub role: String,
     /// Null for an assistant turn that only called tools.
     pub content: Option<MessageContent>,
+    pub tool_calls: Option<Vec<RequestToolCall>>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,8 +176,42 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the turn is only tool calls.
+    pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ResponseToolCall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseToolCall {
+    /// Only in streamed deltas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: ResponseFunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseFunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+impl ResponseToolCall {
+    pub fn new(call: &crate::core::chat::ToolCall, index: Option<u32>) -> Self {
+        ResponseToolCall {
+            index,
+            id: call.id.clone(),
+            kind: "function",
+            function: ResponseFunctionCall {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +280,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ResponseToolCall>>,
 }
 
 /// `text_completion`, both the whole response and each streamed chunk.
