@@ -4,15 +4,41 @@ against the fake server (tests/python/run.sh starts one) or a real node later.
 EXO_API_BASE   the server's root URL, e.g. http://127.0.0.1:52415 (a trailing /v1 is fine)
 EXO_API_KEY    the server's API key, if it has one
 EXO_TEST_MODEL the model to use (default: the first one /v1/models lists)
+
+A test that needs something the machine lacks (Chromium) calls require_capability: the same rules
+as tests/capability.rs for the Rust tests.
 """
 
 import json
 import os
+import sys
 import urllib.request
 
 import pytest
 
 FAKE_MODEL = "fake-model"
+
+
+def require_capability(name, test, why):
+    """`test` cannot run because `why`: it fails, unless the user opted out of capability `name`
+    with EXO_SKIP (comma-separated, or `all`); then it is skipped, loudly, and listed in
+    $EXO_SKIPPED_LOG. EXO_REQUIRE_<NAME>=1 (CI) makes it a failure even when opted out."""
+    if os.environ.get(f"EXO_REQUIRE_{name.upper()}") == "1":
+        pytest.fail(f"{test} needs {name}: {why} (EXO_REQUIRE_{name.upper()}=1)", pytrace=False)
+    opted_out = {s.strip().lower() for s in os.environ.get("EXO_SKIP", "").split(",")}
+    if name not in opted_out and "all" not in opted_out:
+        pytest.fail(
+            f"{test} needs {name}: {why}. Install it, or opt out with EXO_SKIP={name} "
+            '(README, "Tests")',
+            pytrace=False,
+        )
+    line = f"SKIPPED {test}: {why} (EXO_SKIP={name})"
+    sys.stderr.write(f"\n*** {line} ***\n")
+    log = os.environ.get("EXO_SKIPPED_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(line + "\n")
+    pytest.skip(line)
 
 
 def _base():
@@ -71,7 +97,7 @@ def is_fake(model):
 
 @pytest.fixture(scope="session")
 def client(base_url, api_key):
-    openai = pytest.importorskip("openai")
+    import openai  # pinned in requirements.txt: missing is a failure, not a skip
     return openai.OpenAI(base_url=base_url + "/v1", api_key=api_key or "no-key", max_retries=0, timeout=60)
 
 

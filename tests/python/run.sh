@@ -6,17 +6,19 @@
 # e.g. a real node. Otherwise this builds and starts the fake server example on a free
 # 127.0.0.1 port, with an API key, and stops it afterwards.
 #
-# Needs python3 with venv; the browser test skips (saying why) without chromium.
-# Screenshots land in tests/artifacts/. Extra arguments go to pytest.
+# Needs python3 with venv; without Chromium the browser test fails unless EXO_SKIP=chromium
+# (tests/python/conftest.py). Every step is bounded in time. Screenshots land in
+# tests/artifacts/. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 venv="${EXO_PY_VENV:-$HOME/.cache/exo-p2p/venv-api-tests}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+[ -x "$venv/bin/python" ] || timeout 300 python3 -m venv "$venv"
+timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check --timeout 60 \
+  -r tests/python/requirements.txt
 
 if [ -z "${EXO_API_BASE:-}" ]; then
-  cargo build -q -p exo-api --example fake_server
+  timeout 1800 cargo build -q -p exo-api --example fake_server
   target_dir="${CARGO_TARGET_DIR:-target}"
   export EXO_API_KEY="${EXO_API_KEY:-python-test-key}"
   out="$(mktemp)"
@@ -35,4 +37,5 @@ if [ -z "${EXO_API_BASE:-}" ]; then
 fi
 
 # -rs: print each skip's reason, so nothing passes by silently being skipped.
-"$venv/bin/python" -m pytest tests/python -v -rs -p no:cacheprovider "$@"
+timeout "${EXO_PYTEST_TIMEOUT:-1200}" \
+  "$venv/bin/python" -m pytest tests/python -v -rs -p no:cacheprovider "$@"
