@@ -148,8 +148,8 @@ fn tile_body(
                 exp_shifted(pr, new);
                 sum[row] = (sum[row] as f64 + ggml_vec::softmax_sum(path, pr)) as f32;
             }
-            for r in nr..ROWS {
-                p[r].fill(0.0);
+            for pr in p.iter_mut().skip(nr) {
+                pr.fill(0.0);
             }
             accumulate(&mut acc[r0 * hd..(r0 + nr) * hd], &p, &vt, hd);
         }
@@ -170,8 +170,8 @@ fn scores(kt: &[f32], q: &[f32], hd: usize, p: &mut [[f32; KV_TILE]; ROWS]) {
             let k: &[f32; LANES] = kt[d * KV_TILE + kc..][..LANES].try_into().unwrap();
             for (r, ar) in a.iter_mut().enumerate() {
                 let qd = q[r * hd + d];
-                for l in 0..LANES {
-                    ar[l] = k[l].mul_add(qd, ar[l]);
+                for (x, &kv) in ar.iter_mut().zip(k) {
+                    *x = kv.mul_add(qd, *x);
                 }
             }
         }
@@ -196,8 +196,8 @@ fn accumulate(acc: &mut [f32], p: &[[f32; KV_TILE]; ROWS], vt: &[f32], hd: usize
             let v: &[f32; LANES] = vt[k * hd + dc..][..LANES].try_into().unwrap();
             for (ar, pr) in a.iter_mut().zip(p) {
                 let w = pr[k];
-                for l in 0..LANES {
-                    ar[l] = v[l].mul_add(w, ar[l]);
+                for (x, &vv) in ar.iter_mut().zip(v) {
+                    *x = vv.mul_add(w, *x);
                 }
             }
         }
@@ -208,8 +208,8 @@ fn accumulate(acc: &mut [f32], p: &[[f32; KV_TILE]; ROWS], vt: &[f32], hd: usize
     for d in whole..hd {
         for (r, pr) in p.iter().enumerate().take(nr) {
             let mut x = acc[r * hd + d];
-            for k in 0..KV_TILE {
-                x = vt[k * hd + d].mul_add(pr[k], x);
+            for (k, &w) in pr.iter().enumerate() {
+                x = vt[k * hd + d].mul_add(w, x);
             }
             acc[r * hd + d] = x;
         }
@@ -330,8 +330,8 @@ mod tests {
                 let j = c + k;
                 if j >= first && j <= p && j < len {
                     let mut d = 0f32;
-                    for i in 0..hd {
-                        d = keys[j * hd + i].mul_add(q[i], d);
+                    for (i, &qi) in q.iter().enumerate() {
+                        d = keys[j * hd + i].mul_add(qi, d);
                     }
                     *x = d * s.scale;
                 }
@@ -351,8 +351,8 @@ mod tests {
             sum = (sum as f64 + ggml_vec::softmax_sum(path, &e)) as f32;
             for (k, &w) in e.iter().enumerate() {
                 if c + k < len {
-                    for i in 0..hd {
-                        acc[i] = values[(c + k) * hd + i].mul_add(w, acc[i]);
+                    for (a, &v) in acc.iter_mut().zip(&values[(c + k) * hd..]) {
+                        *a = v.mul_add(w, *a);
                     }
                 }
             }

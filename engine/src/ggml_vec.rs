@@ -73,7 +73,8 @@ pub fn expf_avx2(x: f32) -> f32 {
         .mul_add(u, c(C3).mul_add(b, c(C2)))
         .mul_add(u, c(C1) * b);
     // `_CMP_GT_OQ`: false for NaN.
-    if !(n.abs() > 126.0) {
+    let rescale = n.abs() > 126.0;
+    if !rescale {
         return j.mul_add(k, k);
     }
     let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };

@@ -111,3 +111,47 @@ fn a_text_shorter_than_one_chunk_is_a_clear_error() {
     .to_string();
     assert!(err.contains("at least 512"), "{err}");
 }
+
+/// llama-perplexity's figure for the 1.5B model on the fixture text: `-c 512 --chunks 2 -fa on
+/// --no-repack`, `GGML_CPU_TILED_MM=0`, llama.cpp 0c1e570 (scripts/perplexity-vs-llamacpp.sh
+/// prints it again).
+const QWEN_1_5B_LLAMA_CPP_PPL: f64 = 1.7610;
+
+/// The 1.1 GB 1.5B model (head dim 128, six query heads per KV head, Q4_K/Q6_K), when
+/// `scripts/fetch-test-models.sh --large` has fetched it: perplexity within 1 % of llama.cpp's.
+/// Without the file it says so loudly and passes.
+#[test]
+fn qwen_1_5b_perplexity_is_within_one_percent_of_llama_cpp() {
+    let name = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
+    let dir = std::env::var("EXO_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/exo-p2p/test-models")
+        });
+    if !dir.join(name).exists() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {name} is not in {} (scripts/fetch-test-models.sh --large); the 1.5B \
+             perplexity check did not run",
+            dir.display()
+        );
+        return;
+    }
+    let path = test_model(name);
+    let info = ModelInfo::load(&path).unwrap();
+    let model = ShardModel::load(&path, None, &Device::Cpu).unwrap();
+    let r = perplexity(&model, &info.tokenizer, &text(), 512, Some(2), |_| {}).unwrap();
+    let rel = (r.ppl - QWEN_1_5B_LLAMA_CPP_PPL).abs() / QWEN_1_5B_LLAMA_CPP_PPL;
+    eprintln!(
+        "{name}: perplexity {:.4}, llama.cpp {QWEN_1_5B_LLAMA_CPP_PPL}, {:+.3} %",
+        r.ppl,
+        100.0 * (r.ppl / QWEN_1_5B_LLAMA_CPP_PPL - 1.0)
+    );
+    assert!(
+        rel < 0.01,
+        "{} vs llama.cpp's {QWEN_1_5B_LLAMA_CPP_PPL}",
+        r.ppl
+    );
+}
