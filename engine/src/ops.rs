@@ -105,7 +105,7 @@ fn gelu_ggml(table: &[f16], x: f32) -> f32 {
 /// ggml's vectorised `expf` (`ggml_v_expf`, from ARM's optimized routines): a degree-5
 /// polynomial on the reduced argument, scaled by 2^n. Not libm's `expf`: SiLU must use this one
 /// to match llama.cpp bit for bit.
-fn expf_ggml(x: f32) -> f32 {
+pub(crate) fn expf_ggml(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;
