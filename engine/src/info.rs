@@ -18,6 +18,9 @@ pub struct ModelInfo {
     pub path: PathBuf,
     pub spec: Spec,
     pub weight_bytes: u64,
+    /// Bytes of each layer (experts included), for the ring's memory weighting; empty when not
+    /// all weight files are here.
+    pub layer_bytes: Vec<u64>,
     pub tokenizer: TextTokenizer,
     pub chat: ChatTemplate,
 }
@@ -55,6 +58,7 @@ impl ModelInfo {
             id: model_id(src.path()),
             path: src.path().to_path_buf(),
             weight_bytes: src.weight_bytes(),
+            layer_bytes: src.layer_bytes(spec.hp.n_layers),
             spec,
             tokenizer,
             chat,

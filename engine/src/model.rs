@@ -9,9 +9,8 @@ use exo_protocol::LayerRange;
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
-    layers::{last_position, Attention, Block, Embedding, Head, Linear, Mlp, RmsNorm, Rope},
+    layers::{last_position, Block, EmbedTable, Embedding, Head, Linear, MoeSpec, Rope, Weights},
     models,
-    ops::Activation,
     source::Source,
 };
 
@@ -27,7 +26,8 @@ pub struct HParams {
     pub context_length: usize,
 }
 
-/// What an architecture is made of; each file in `models/` reads one of these from metadata.
+/// What an architecture is made of, read from metadata by its file in `models/`; the blocks
+/// themselves are built by that file from the pieces in `layers/`.
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub arch: String,
@@ -35,15 +35,10 @@ pub struct Spec {
     pub ropes: Vec<Rope>,
     /// Rope setting and sliding window of each layer.
     pub layer_attn: Vec<(usize, Option<usize>)>,
-    pub act: Activation,
     pub attn_scale: f64,
-    /// Scale queries before attention rather than the scores (Gemma, as llama.cpp builds it).
-    pub prescale_query: bool,
     pub embed_scale: Option<f64>,
-    pub qk_norm: bool,
-    pub post_norms: bool,
-    /// Hugging Face Gemma stores norm weights minus one.
-    pub norm_plus_one: bool,
+    /// Experts of a mixture-of-experts model.
+    pub moe: Option<MoeSpec>,
 }
 
 /// What a shard consumes.
@@ -112,17 +107,21 @@ impl ShardModel {
                 n_layers: n,
             });
         }
-        let hp = &spec.hp;
-        let norm = |name: &str| -> Result<RmsNorm> {
-            let n = RmsNorm::load(src, name, hp.eps, dev)?;
-            Ok(if spec.norm_plus_one { n.plus_one()? } else { n })
-        };
-        let linear = |name: &str| Linear::load(src, name, dev);
+        let w = Weights::new(src, dev, models::hf_names(&spec.arch), spec.hp.eps);
+        let norm = |name: &str| models::final_norm(&spec, &w, name);
+        let linear = |name: &str| Linear::load(&w, name);
 
-        let embed_table = || -> Result<QMatMul> {
-            Ok(QMatMul::from_arc(std::sync::Arc::new(
-                src.tensor("token_embd.weight", dev)?,
-            ))?)
+        let embed_table = || -> Result<EmbedTable> {
+            const NAME: &str = "token_embd.weight";
+            let candle_type = src
+                .gguf()
+                .and_then(|g| g.tensor_info(NAME))
+                .is_none_or(|t| t.ggml_type.candle().is_some());
+            Ok(if candle_type {
+                EmbedTable::Candle(QMatMul::from_arc(std::sync::Arc::new(w.qtensor(NAME)?))?)
+            } else {
+                EmbedTable::Blocks(w.matmul(NAME)?)
+            })
         };
         let previous =
             previous.filter(|p| p.range.n_layers == range.n_layers && p.spec.arch == spec.arch);
@@ -149,14 +148,15 @@ impl ShardModel {
         {
             Some(h)
         } else if range.is_last() {
-            let output = if src.has_tensor("output.weight") {
+            let output = if w.has("output.weight") {
                 linear("output")?
             } else {
                 // Tied embeddings: share the table with the embedding when this shard has it.
-                Linear::from_qmatmul(match table {
+                match table {
                     Some(t) => t,
                     None => embed_table()?,
-                })
+                }
+                .as_linear()
             };
             Some(Head {
                 norm: norm("output_norm")?,
@@ -176,38 +176,7 @@ impl ShardModel {
                 reused += 1;
                 continue;
             }
-            let p = format!("blk.{i}");
-            let (rope, window) = spec.layer_attn[i];
-            let opt_norm = |on: bool, name: &str| -> Result<Option<RmsNorm>> {
-                on.then(|| norm(&format!("{p}.{name}"))).transpose()
-            };
-            blocks.push(Block {
-                attn_norm: norm(&format!("{p}.attn_norm"))?,
-                attn: Attention {
-                    q: linear(&format!("{p}.attn_q"))?,
-                    k: linear(&format!("{p}.attn_k"))?,
-                    v: linear(&format!("{p}.attn_v"))?,
-                    o: linear(&format!("{p}.attn_output"))?,
-                    q_norm: opt_norm(spec.qk_norm, "attn_q_norm")?,
-                    k_norm: opt_norm(spec.qk_norm, "attn_k_norm")?,
-                    n_head: hp.n_head,
-                    n_kv_head: hp.n_kv_head,
-                    head_dim: hp.head_dim,
-                    scale: spec.attn_scale,
-                    rope,
-                    window,
-                    prescale_query: spec.prescale_query,
-                },
-                post_attn_norm: opt_norm(spec.post_norms, "post_attention_norm")?,
-                ffn_norm: norm(&format!("{p}.ffn_norm"))?,
-                mlp: Mlp {
-                    gate: linear(&format!("{p}.ffn_gate"))?,
-                    up: linear(&format!("{p}.ffn_up"))?,
-                    down: linear(&format!("{p}.ffn_down"))?,
-                    act: spec.act,
-                },
-                post_ffn_norm: opt_norm(spec.post_norms, "post_ffw_norm")?,
-            });
+            blocks.push(models::block(&spec, &w, i)?);
         }
         tracing::debug!(arch = %spec.arch, %range, reused, path = %src.path().display(), "shard loaded");
         Ok(Self {

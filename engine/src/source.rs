@@ -2,8 +2,8 @@
 //! by [`crate::gguf`]), or a Hugging Face safetensors directory (config.json + *.safetensors +
 //! tokenizer.json).
 //!
-//! Model files ask for tensors by their GGUF names (`blk.3.attn_q.weight`); the safetensors source
-//! translates those to Hugging Face names, so one model file serves both formats.
+//! Tensors are asked for by the names the source stores; model files use GGUF names and their
+//! own map to Hugging Face names (see `layers::Weights`).
 
 use std::path::{Path, PathBuf};
 
@@ -110,8 +110,11 @@ impl Source {
             Source::Gguf(_) => self.meta_str("general.architecture"),
             Source::Safetensors { config, .. } => {
                 let model_type = config["model_type"].as_str().unwrap_or_default();
+                // config.json's model_type → the GGUF architecture of the same model.
                 Ok(match model_type {
                     "gemma3_text" => "gemma3".to_string(),
+                    "qwen3_moe" => "qwen3moe".to_string(),
+                    "mixtral" => "llama".to_string(),
                     other => other.to_string(),
                 })
             }
@@ -176,7 +179,7 @@ impl Source {
     pub fn has_tensor(&self, name: &str) -> bool {
         match self {
             Source::Gguf(g) => g.tensor_info(name).is_some(),
-            Source::Safetensors { tensors, .. } => tensors.get(&hf_name(name)).is_ok(),
+            Source::Safetensors { tensors, .. } => tensors.get(name).is_ok(),
         }
     }
 
@@ -188,15 +191,14 @@ impl Source {
             .ok_or_else(|| self.missing(format!("GGUF tensor `{name}`")))
     }
 
-    /// Reads one tensor by its GGUF name. Dense safetensors weights come back as F32 QTensors.
+    /// Reads one tensor by its stored name. Dense safetensors weights come back as F32 QTensors.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         match self {
             Source::Gguf(_) => Ok(self.tensor_data(name)?.to_qtensor(device)?),
             Source::Safetensors { tensors, .. } => {
-                let hf = hf_name(name);
                 let t = tensors
-                    .load(&hf, device)
-                    .map_err(|_| self.missing(format!("tensor `{hf}` (`{name}`)")))?
+                    .load(name, device)
+                    .map_err(|_| self.missing(format!("tensor `{name}`")))?
                     .to_dtype(DType::F32)?;
                 Ok(QTensor::quantize(
                     &t,
@@ -221,61 +223,40 @@ impl Source {
                 .sum(),
         }
     }
-}
 
-/// Maps a GGUF tensor name to its Hugging Face (transformers) name.
-pub fn hf_name(gguf: &str) -> String {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return name.to_string();
-    }
-    let Some(rest) = gguf.strip_prefix("blk.") else {
-        return gguf.to_string();
-    };
-    let Some((layer, rest)) = rest.split_once('.') else {
-        return gguf.to_string();
-    };
-    let (part, suffix) = rest.rsplit_once('.').unwrap_or((rest, ""));
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        other => other,
-    };
-    format!("model.layers.{layer}.{hf}.{suffix}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::hf_name;
-
-    #[test]
-    fn gguf_names_map_to_transformers_names() {
-        assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
-        assert_eq!(
-            hf_name("blk.12.attn_q.weight"),
-            "model.layers.12.self_attn.q_proj.weight"
-        );
-        assert_eq!(
-            hf_name("blk.0.attn_k.bias"),
-            "model.layers.0.self_attn.k_proj.bias"
-        );
-        assert_eq!(
-            hf_name("blk.3.ffn_norm.weight"),
-            "model.layers.3.post_attention_layernorm.weight"
-        );
+    /// Bytes of each of the `n_layers` layers' tensors (`blk.N.*` in GGUF, `model.layers.N.*`
+    /// in safetensors), experts included; empty when the weight files are not all here.
+    pub fn layer_bytes(&self, n_layers: usize) -> Vec<u64> {
+        let mut out = vec![0u64; n_layers];
+        match self {
+            Source::Gguf(g) => {
+                for t in g.tensor_infos() {
+                    if let Some(l) = t.layer().filter(|&l| (l as usize) < n_layers) {
+                        out[l as usize] += t.bytes();
+                    }
+                }
+            }
+            Source::Safetensors {
+                tensors,
+                indexed_bytes,
+                ..
+            } => {
+                let all = tensors.tensors();
+                let present: u64 = all.iter().map(|(_, v)| v.data().len() as u64).sum();
+                if indexed_bytes.is_some_and(|n| n != present) {
+                    return Vec::new();
+                }
+                for (name, v) in all {
+                    let layer = name
+                        .strip_prefix("model.layers.")
+                        .and_then(|r| r.split('.').next())
+                        .and_then(|l| l.parse::<usize>().ok());
+                    if let Some(l) = layer.filter(|&l| l < n_layers) {
+                        out[l] += v.data().len() as u64;
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -1,16 +1,23 @@
-//! The pieces every decoder-only transformer here is built from. Architectures differ only in
-//! which pieces they use and how they read them (see `models/`).
+//! The pieces every decoder-only transformer here is built from: each file in `models/` builds
+//! its blocks from them.
 
-use std::sync::Arc;
+mod attention;
+mod mlp;
+mod moe;
+mod norm;
+mod rope;
+mod weights;
 
-use candle_core::{quantized::QMatMul, DType, Device, Result, Tensor, D};
+use candle_core::{quantized::QMatMul, DType, Result, Tensor, D};
 
-use crate::{
-    attention::{attend, AttnShape, LayerKv},
-    ops::{self, Activation},
-    quant::QuantMatMul,
-    source::Source,
-};
+pub use attention::Attention;
+pub use mlp::{Ffn, Mlp};
+pub use moe::{MoeMlp, MoeSpec};
+pub use norm::RmsNorm;
+pub use rope::{Rope, RopeStyle, StepContext};
+pub use weights::{HfNames, Weights};
+
+use crate::{attention::LayerKv, quant::QuantMatMul};
 
 /// A linear layer `x @ W^T + b` over quantized or dense weights. Quantized weights go through
 /// [`crate::quant`] (ggml's numerics); dense ones and unsupported types through candle.
@@ -21,22 +28,24 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(src: &Source, name: &str, dev: &Device) -> crate::Result<Self> {
-        let weight = QuantMatMul::from_arc(Arc::new(src.tensor(&format!("{name}.weight"), dev)?))?;
+    /// `{name}.weight` and, when the model has one, `{name}.bias`.
+    pub fn load(w: &Weights, name: &str) -> crate::Result<Self> {
+        let weight = w.matmul(&format!("{name}.weight"))?;
         let bias_name = format!("{name}.bias");
-        let bias = if src.has_tensor(&bias_name) {
-            Some(src.tensor(&bias_name, dev)?.dequantize(dev)?)
+        let bias = if w.has(&bias_name) {
+            Some(w.dense(&bias_name)?)
         } else {
             None
         };
         Ok(Self { weight, bias })
     }
 
+    pub fn new(weight: QuantMatMul) -> Self {
+        Self { weight, bias: None }
+    }
+
     pub fn from_qmatmul(weight: QMatMul) -> Self {
-        Self {
-            weight: QuantMatMul::from_qmatmul(weight).expect("a 2-d weight matrix"),
-            bias: None,
-        }
+        Self::new(QuantMatMul::from_qmatmul(weight).expect("a 2-d weight matrix"))
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
@@ -61,214 +70,10 @@ impl Linear {
             .collect::<Result<Vec<_>>>()?;
         Ok(ys.try_into().expect("one output per layer"))
     }
-}
 
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    pub fn load(src: &Source, name: &str, eps: f32, dev: &Device) -> crate::Result<Self> {
-        let weight = src
-            .tensor(&format!("{name}.weight"), dev)?
-            .dequantize(dev)?;
-        Ok(Self { weight, eps })
-    }
-
-    /// Gemma's Hugging Face checkpoints store `w - 1`; GGUF files already hold `w`.
-    pub fn plus_one(self) -> Result<Self> {
-        Ok(Self {
-            weight: (self.weight + 1.0)?,
-            eps: self.eps,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::rms_norm(x, &self.weight, self.eps)
-    }
-}
-
-/// How rotary embeddings pair up the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Dimensions `i` and `i + d/2` (GPT-NeoX; Qwen2, Gemma, Hugging Face Llama).
-    Neox,
-    /// Dimensions `2i` and `2i + 1` (GGUF Llama, whose Q/K weights llama.cpp permuted).
-    Interleaved,
-}
-
-/// Rotary embedding settings; a model may use several (Gemma 3: local and global layers).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rope {
-    pub style: RopeStyle,
-    pub dim: usize,
-    pub base: f32,
-    /// Positions are multiplied by this (linear scaling is `1 / factor`).
-    pub freq_scale: f32,
-    /// Per-dimension divisors (Llama 3 `rope_freqs`), `dim / 2` long.
-    pub freq_factors: Option<Vec<f32>>,
-}
-
-impl Rope {
-    /// cos and sin tables `[seq, dim/2]` for positions `pos..pos+seq`, computed the way ggml
-    /// does (f32 angle advanced by repeated multiplication) so long contexts match llama.cpp.
-    pub fn tables(&self, pos: usize, seq: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-        let half = self.dim / 2;
-        let theta_scale = self.base.powf(-2.0 / self.dim as f32);
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for p in pos..pos + seq {
-            let mut theta = p as f32;
-            for i in 0..half {
-                let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
-                let t = self.freq_scale * (theta / ff);
-                cos.push(t.cos());
-                sin.push(t.sin());
-                theta *= theta_scale;
-            }
-        }
-        Ok((
-            Tensor::from_vec(cos, (seq, half), dev)?,
-            Tensor::from_vec(sin, (seq, half), dev)?,
-        ))
-    }
-
-    /// Rotates `[batch, heads, seq, dim]` by the tables of [`Rope::tables`] (dimensions past
-    /// `self.dim` are left as they are).
-    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let dims = x.dims4()?;
-        let (seq, dim) = (dims.2, dims.3);
-        let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let (cos, sin): (Vec<f32>, Vec<f32>) =
-            (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
-        let half = self.dim / 2;
-        for (r, row) in v.chunks_mut(dim).enumerate() {
-            let t = r % seq;
-            for i in 0..half {
-                let (c, s) = (cos[t * half + i], sin[t * half + i]);
-                let (a, b) = match self.style {
-                    RopeStyle::Neox => (i, i + half),
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                };
-                let (x0, x1) = (row[a], row[b]);
-                // ggml's C compiles `x0*cos - x1*sin` with the first product fused into an fma;
-                // the same operations here keep keys and queries bit-identical to llama.cpp's.
-                row[a] = x0.mul_add(c, -(x1 * s));
-                row[b] = x0.mul_add(s, x1 * c);
-            }
-        }
-        Tensor::from_vec(v, dims, x.device())
-    }
-}
-
-/// Per-forward values shared by all layers: the rope tables of each rope setting.
-pub struct StepContext {
-    pub pos: usize,
-    pub seq: usize,
-    ropes: Vec<(Tensor, Tensor)>,
-}
-
-impl StepContext {
-    pub fn new(ropes: &[Rope], pos: usize, seq: usize, dev: &Device) -> Result<Self> {
-        let ropes = ropes
-            .iter()
-            .map(|r| r.tables(pos, seq, dev))
-            .collect::<Result<_>>()?;
-        Ok(Self { pos, seq, ropes })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Attention {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub q_norm: Option<RmsNorm>,
-    pub k_norm: Option<RmsNorm>,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub scale: f64,
-    /// Index into the model's rope settings.
-    pub rope: usize,
-    pub window: Option<usize>,
-    /// Multiply queries by `scale` before attention instead of scaling the scores (Gemma).
-    pub prescale_query: bool,
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        ropes: &[Rope],
-        ctx: &StepContext,
-        kv: &mut LayerKv,
-    ) -> Result<Tensor> {
-        let (b, seq, _) = x.dims3()?;
-        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let [q, k, v] = Linear::forward_many([&self.q, &self.k, &self.v], x)?;
-        let q = q.reshape((b, seq, nh, hd))?;
-        let k = k.reshape((b, seq, nkv, hd))?;
-        let v = v.reshape((b, seq, nkv, hd))?;
-        let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
-            None => k,
-        };
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let (cos, sin) = &ctx.ropes[self.rope];
-        let rope = &ropes[self.rope];
-        let q = rope.apply(&q, cos, sin)?;
-        let k = rope.apply(&k, cos, sin)?;
-        if b != 1 {
-            candle_core::bail!("attention runs one sequence at a time, got a batch of {b}")
-        }
-        // Gemma scales queries before attention (as llama.cpp does); the others scale scores.
-        let (q, scale) = if self.prescale_query {
-            ((q * self.scale)?, 1.0)
-        } else {
-            (q, self.scale as f32)
-        };
-        let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
-        kv.append(&flat(k)?, &flat(v)?, nkv, seq);
-        let shape = AttnShape {
-            n_head: nh,
-            n_kv_head: nkv,
-            head_dim: hd,
-            scale,
-            window: self.window,
-        };
-        if crate::dump::enabled() {
-            crate::dump::tensor("Qcur", &q.transpose(1, 2)?);
-        }
-        let out = attend(&flat(q)?, kv, ctx.pos, seq, shape);
-        let out = Tensor::from_vec(out, (b, seq, nh * hd), x.device())?;
-        crate::dump::tensor("kqv_out", &out);
-        self.o.forward(&out)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
-    pub act: Activation,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let [gate, up] = Linear::forward_many([&self.gate, &self.up], x)?;
-        let h = ops::gated(self.act, &gate, &up)?;
-        self.down.forward(&h)
+    /// Bytes of the weight as held in memory.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.weight_bytes() as u64
     }
 }
 
@@ -279,11 +84,41 @@ pub struct Block {
     pub attn: Attention,
     pub post_attn_norm: Option<RmsNorm>,
     pub ffn_norm: RmsNorm,
-    pub mlp: Mlp,
+    pub ffn: Ffn,
     pub post_ffn_norm: Option<RmsNorm>,
 }
 
 impl Block {
+    pub fn new(attn_norm: RmsNorm, attn: Attention, ffn_norm: RmsNorm, ffn: Ffn) -> Self {
+        Self {
+            attn_norm,
+            attn,
+            post_attn_norm: None,
+            ffn_norm,
+            ffn,
+            post_ffn_norm: None,
+        }
+    }
+
+    /// Norms on the outputs of attention and of the feed-forward network (Gemma).
+    pub fn with_post_norms(self, post_attn_norm: RmsNorm, post_ffn_norm: RmsNorm) -> Self {
+        Self {
+            post_attn_norm: Some(post_attn_norm),
+            post_ffn_norm: Some(post_ffn_norm),
+            ..self
+        }
+    }
+
+    /// Bytes of the block's weights as held in memory (every expert of a mixture).
+    pub fn weight_bytes(&self) -> u64 {
+        let a = &self.attn;
+        [&a.q, &a.k, &a.v, &a.o]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum::<u64>()
+            + self.ffn.weight_bytes()
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,
@@ -300,7 +135,7 @@ impl Block {
         };
         let x = (x + h)?;
         crate::dump::tensor("ffn_inp", &x);
-        let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
+        let h = self.ffn.forward(&self.ffn_norm.forward(&x)?)?;
         let h = match &self.post_ffn_norm {
             Some(n) => n.forward(&h)?,
             None => h,
@@ -312,17 +147,45 @@ impl Block {
     }
 }
 
+/// A token embedding table: candle's for the types it holds, the kernels' blocks for the others
+/// (IQ4_NL, IQ4_XS).
+#[derive(Debug, Clone)]
+pub enum EmbedTable {
+    Candle(QMatMul),
+    Blocks(QuantMatMul),
+}
+
+impl EmbedTable {
+    /// The same weights as the output projection of a model with tied embeddings.
+    pub fn as_linear(&self) -> Linear {
+        match self {
+            EmbedTable::Candle(q) => Linear::from_qmatmul(q.clone()),
+            EmbedTable::Blocks(m) => Linear::new(m.clone()),
+        }
+    }
+}
+
 /// Token embedding of the first shard; rows are dequantized only for the ids looked up.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    pub table: QMatMul,
+    pub table: EmbedTable,
     /// Gemma multiplies embeddings by sqrt(hidden).
     pub scale: Option<f64>,
 }
 
 impl Embedding {
+    /// `ids`: `[1, seq]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let x = self.table.embedding(ids)?;
+        let x = match &self.table {
+            EmbedTable::Candle(t) => t.embedding(ids)?,
+            EmbedTable::Blocks(m) => {
+                let list: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                let (_, k) = m.dims();
+                let mut shape = ids.dims().to_vec();
+                shape.push(k);
+                Tensor::from_vec(m.rows(&list)?, shape, ids.device())?
+            }
+        };
         let x = if x.dtype() == DType::F32 {
             x
         } else {

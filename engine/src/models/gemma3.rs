@@ -4,7 +4,7 @@
 
 use crate::{
     error::Result,
-    layers::{Rope, RopeStyle},
+    layers::{Attention, Block, Ffn, Mlp, RmsNorm, Rope, RopeStyle, Weights},
     model::Spec,
     ops::Activation,
     source::Source,
@@ -80,13 +80,45 @@ pub fn spec(src: &Source) -> Result<Spec> {
         arch: "gemma3".into(),
         ropes,
         layer_attn,
-        act: Activation::GeluTanh,
-        prescale_query: true,
         attn_scale: 1.0 / query_scalar.sqrt(),
         embed_scale: Some((hp.hidden as f64).sqrt()),
-        qk_norm: true,
-        post_norms: true,
-        norm_plus_one: !gguf,
+        moe: None,
         hp,
+    })
+}
+
+/// A norm; Hugging Face checkpoints store its weight minus one.
+pub(super) fn norm(w: &Weights, name: &str) -> Result<RmsNorm> {
+    let n = RmsNorm::load(w, name)?;
+    Ok(if w.is_gguf() { n } else { n.plus_one()? })
+}
+
+pub(super) fn block(spec: &Spec, w: &Weights, il: usize) -> Result<Block> {
+    let p = format!("blk.{il}");
+    let n = |name: &str| norm(w, &format!("{p}.{name}"));
+    let attn = Attention::load(w, &p, spec, il)?
+        .with_qk_norm(w, &p, !w.is_gguf())?
+        .prescaled();
+    Ok(Block::new(
+        n("attn_norm")?,
+        attn,
+        n("ffn_norm")?,
+        Ffn::Dense(Mlp::load(w, &p, Activation::GeluTanh)?),
+    )
+    .with_post_norms(n("post_attention_norm")?, n("post_ffw_norm")?))
+}
+
+/// Gemma 3's Hugging Face names: four norms around attention and the MLP.
+pub(super) fn hf_name(gguf: &str) -> String {
+    super::hf_name_with(gguf, |name| {
+        Some(
+            match name {
+                "post_attention_norm" => "post_attention_layernorm",
+                "ffn_norm" => "pre_feedforward_layernorm",
+                "post_ffw_norm" => "post_feedforward_layernorm",
+                _ => return None,
+            }
+            .into(),
+        )
     })
 }

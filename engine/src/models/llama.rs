@@ -1,5 +1,6 @@
-//! Llama (1, 2, 3.x) and the many models sharing its block. GGUF files hold Q/K weights permuted
-//! by llama.cpp's converter, so they use interleaved rope; Hugging Face checkpoints use NeoX rope.
+//! Llama (1, 2, 3.x), Mixtral (a llama with experts) and the many models sharing their block
+//! (see [`super::llama_block`]). GGUF files hold Q/K weights permuted by llama.cpp's converter,
+//! so they use interleaved rope; Hugging Face checkpoints use NeoX rope.
 
 use candle_core::Device;
 
@@ -7,7 +8,6 @@ use crate::{
     error::Result,
     layers::{Rope, RopeStyle},
     model::Spec,
-    ops::Activation,
     source::{Meta, Source},
 };
 
@@ -66,13 +66,11 @@ pub fn spec(src: &Source) -> Result<Spec> {
             freq_factors,
         }],
         layer_attn: super::uniform_layers(hp.n_layers),
-        act: Activation::Silu,
-        prescale_query: false,
         attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
         embed_scale: None,
-        qk_norm: false,
-        post_norms: false,
-        norm_plus_one: false,
+        // Mixtral: a llama file with `llama.expert_count`; llama.cpp always normalises its
+        // expert weights.
+        moe: super::moe_spec(src, "llama", true)?,
         hp,
     })
 }
@@ -101,4 +99,22 @@ fn llama3_factors(s: &serde_json::Value, base: f32, dim: usize) -> Vec<f32> {
             divisor as f32
         })
         .collect()
+}
+
+/// Llama's Hugging Face names, with Mixtral's `block_sparse_moe` (router `gate`, experts' `w1`
+/// gate, `w3` up, `w2` down).
+pub(super) fn hf_name(gguf: &str) -> String {
+    super::hf_name_with(gguf, |name| {
+        if name == "ffn_gate_inp" {
+            return Some("block_sparse_moe.gate".into());
+        }
+        let (part, e) = super::expert_part(name)?;
+        let w = match part {
+            "ffn_gate" => "w1",
+            "ffn_up" => "w3",
+            "ffn_down" => "w2",
+            _ => return None,
+        };
+        Some(format!("block_sparse_moe.experts.{e}.{w}"))
+    })
 }

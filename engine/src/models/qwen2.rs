@@ -1,10 +1,10 @@
-//! Qwen2 / Qwen2.5: Llama's block with biases on Q, K and V and NeoX rope.
+//! Qwen2 / Qwen2.5: Llama's block (see [`super::llama_block`]) with biases on Q, K and V and
+//! NeoX rope.
 
 use crate::{
     error::Result,
     layers::{Rope, RopeStyle},
     model::Spec,
-    ops::Activation,
     source::Source,
 };
 
@@ -25,13 +25,9 @@ pub fn spec(src: &Source) -> Result<Spec> {
             freq_factors: None,
         }],
         layer_attn: super::uniform_layers(hp.n_layers),
-        act: Activation::Silu,
-        prescale_query: false,
         attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
         embed_scale: None,
-        qk_norm: false,
-        post_norms: false,
-        norm_plus_one: false,
+        moe: None,
         hp,
     })
 }

@@ -465,8 +465,9 @@ fn dense_f16(w: &[half::f16], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f3
 enum Weights {
     /// In the QTensor, which something else holds too (a tied embedding table).
     Shared(Arc<QTensor>),
-    /// A private copy on huge pages (see [`storage`]).
-    Owned(Arc<storage::HugeBuf>),
+    /// A private copy on huge pages (see [`storage`]); several matrices may share one (the
+    /// experts of a 3-D tensor), each its own byte range.
+    Owned(Arc<storage::HugeBuf>, std::ops::Range<usize>),
 }
 
 /// A quantized weight matrix `[n, k]` usable as the right-hand side of `x · W^T`.
@@ -524,7 +525,8 @@ impl QuantMatMul {
         let quant = match ty {
             Some(ty) if !dequantize_all => {
                 let weights = if Arc::strong_count(&qt) == 1 {
-                    Weights::Owned(Arc::new(storage::HugeBuf::copy_of(&qt.data()?)))
+                    let data = qt.data()?;
+                    Weights::Owned(Arc::new(storage::HugeBuf::copy_of(&data)), 0..data.len())
                 } else {
                     Weights::Shared(qt)
                 };
@@ -556,17 +558,47 @@ impl QuantMatMul {
                 ty.block_len()
             )
         }
-        let buf = storage::HugeBuf::copy_of(bytes);
+        Ok(Self::stacked(ty, bytes, 1, n, k)?
+            .pop()
+            .expect("one matrix"))
+    }
+
+    /// `count` matrices `[n, k]` of `ty` stored one after another (a GGUF 3-D tensor such as
+    /// `ffn_up_exps`), as views of one copy of the blocks: a mixture reads only the experts it
+    /// selects, and holds each expert once.
+    pub fn stacked(
+        ty: WeightType,
+        bytes: &[u8],
+        count: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<Self>> {
+        let per = n * (k / ty.block_len()) * ty.block_bytes();
+        if !k.is_multiple_of(ty.block_len()) || bytes.len() != count * per {
+            candle_core::bail!(
+                "{count} {ty:?} weights [{n}, {k}]: {} bytes, expected {} (rows of whole {}-value blocks)",
+                bytes.len(),
+                count * per,
+                ty.block_len()
+            )
+        }
+        let buf = Arc::new(storage::HugeBuf::copy_of(bytes));
         if !weight_view_ok(ty, buf.as_slice()) {
             candle_core::bail!("{ty:?} weight [{n}, {k}]: blocks not aligned in storage")
         }
-        Ok(Self {
-            quant: Some((Weights::Owned(Arc::new(buf)), ty, ty.candle_dtype())),
-            f16: None,
-            fallback: OnceLock::new(),
-            n,
-            k,
-        })
+        Ok((0..count)
+            .map(|i| Self {
+                quant: Some((
+                    Weights::Owned(buf.clone(), i * per..(i + 1) * per),
+                    ty,
+                    ty.candle_dtype(),
+                )),
+                f16: None,
+                fallback: OnceLock::new(),
+                n,
+                k,
+            })
+            .collect())
     }
 
     pub fn from_qmatmul(m: QMatMul) -> Result<Self> {
@@ -589,7 +621,7 @@ impl QuantMatMul {
 
     fn bytes(&self) -> Option<&[u8]> {
         match &self.quant {
-            Some((Weights::Owned(b), ..)) => Some(b.as_slice()),
+            Some((Weights::Owned(b, r), ..)) => Some(&b.as_slice()[r.clone()]),
             // `QTensor::data` borrows the CPU storage in place.
             Some((Weights::Shared(qt), ..)) => match qt.data().ok()? {
                 std::borrow::Cow::Borrowed(b) => Some(b),
@@ -621,9 +653,9 @@ impl QuantMatMul {
         };
         let qt = match weights {
             Weights::Shared(qt) => qt.clone(),
-            Weights::Owned(b) => {
+            Weights::Owned(..) => {
                 let storage = candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Borrowed(b.as_slice()),
+                    std::borrow::Cow::Borrowed(self.bytes().expect("owned weights")),
                     &Device::Cpu,
                     *dtype,
                 )?;
@@ -632,6 +664,28 @@ impl QuantMatMul {
         };
         let _ = self.fallback.set(QMatMul::from_arc(qt)?);
         Ok(self.fallback.get().expect("just set"))
+    }
+
+    /// Rows `ids` of the matrix as f32 (a token embedding table of a type candle does not
+    /// know), dequantized as ggml's `get_rows` does.
+    pub fn rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let (Some(ty), Some(bytes)) = (self.weight_type(), self.bytes()) else {
+            candle_core::bail!("rows of {self:?}: no blocks")
+        };
+        let row_bytes = self.k / ty.block_len() * ty.block_bytes();
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.n {
+                candle_core::bail!("row {id} of {self:?}")
+            }
+            let row = &bytes[id * row_bytes..(id + 1) * row_bytes];
+            let Some(v) = dequant::dequantize(ty, row) else {
+                candle_core::bail!("rows of {self:?}: no dequantizer for {ty:?}")
+            };
+            out.extend(v);
+        }
+        Ok(out)
     }
 
     pub fn weight_type(&self) -> Option<WeightType> {

@@ -1,0 +1,130 @@
+//! Self-attention: q/k/v projections, optional per-head q/k RMS norms (Gemma 3, Qwen3), rope,
+//! the f16 KV cache and ggml's flash-attention numerics (see [`crate::attention`]).
+
+use candle_core::{Result, Tensor};
+
+use super::{Linear, RmsNorm, Rope, StepContext, Weights};
+use crate::{
+    attention::{attend, AttnShape, LayerKv},
+    model::Spec,
+};
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub scale: f64,
+    /// Index into the model's rope settings.
+    pub rope: usize,
+    pub window: Option<usize>,
+    /// Multiply queries by `scale` before attention instead of scaling the scores (Gemma).
+    pub prescale_query: bool,
+}
+
+impl Attention {
+    /// `{p}.attn_{q,k,v,output}` of layer `il`, with the model's head shapes, scale, rope and
+    /// window; no q/k norms.
+    pub fn load(w: &Weights, p: &str, spec: &Spec, il: usize) -> crate::Result<Self> {
+        let hp = &spec.hp;
+        let (rope, window) = spec.layer_attn[il];
+        Ok(Self {
+            q: Linear::load(w, &format!("{p}.attn_q"))?,
+            k: Linear::load(w, &format!("{p}.attn_k"))?,
+            v: Linear::load(w, &format!("{p}.attn_v"))?,
+            o: Linear::load(w, &format!("{p}.attn_output"))?,
+            q_norm: None,
+            k_norm: None,
+            n_head: hp.n_head,
+            n_kv_head: hp.n_kv_head,
+            head_dim: hp.head_dim,
+            scale: spec.attn_scale,
+            rope,
+            window,
+            prescale_query: false,
+        })
+    }
+
+    /// Adds the per-head RMS norms of queries and keys (`{p}.attn_{q,k}_norm`).
+    pub fn with_qk_norm(self, w: &Weights, p: &str, plus_one: bool) -> crate::Result<Self> {
+        let norm = |n: &str| -> crate::Result<RmsNorm> {
+            let n = RmsNorm::load(w, &format!("{p}.{n}"))?;
+            Ok(if plus_one { n.plus_one()? } else { n })
+        };
+        Ok(Self {
+            q_norm: Some(norm("attn_q_norm")?),
+            k_norm: Some(norm("attn_k_norm")?),
+            ..self
+        })
+    }
+
+    /// Queries multiplied by the scale before attention rather than the scores (Gemma, as
+    /// llama.cpp builds it).
+    pub fn prescaled(self) -> Self {
+        Self {
+            prescale_query: true,
+            ..self
+        }
+    }
+
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        ropes: &[Rope],
+        ctx: &StepContext,
+        kv: &mut LayerKv,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let [q, k, v] = Linear::forward_many([&self.q, &self.k, &self.v], x)?;
+        let q = q.reshape((b, seq, nh, hd))?;
+        let k = k.reshape((b, seq, nkv, hd))?;
+        let v = v.reshape((b, seq, nkv, hd))?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (cos, sin) = &ctx.ropes[self.rope];
+        let rope = &ropes[self.rope];
+        let q = rope.apply(&q, cos, sin)?;
+        let k = rope.apply(&k, cos, sin)?;
+        if b != 1 {
+            candle_core::bail!("attention runs one sequence at a time, got a batch of {b}")
+        }
+        // Gemma scales queries before attention (as llama.cpp does); the others scale scores.
+        let (q, scale) = if self.prescale_query {
+            ((q * self.scale)?, 1.0)
+        } else {
+            (q, self.scale as f32)
+        };
+        let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        kv.append(&flat(k)?, &flat(v)?, nkv, seq);
+        let shape = AttnShape {
+            n_head: nh,
+            n_kv_head: nkv,
+            head_dim: hd,
+            scale,
+            window: self.window,
+        };
+        if crate::dump::enabled() {
+            crate::dump::tensor("Qcur", &q.transpose(1, 2)?);
+        }
+        let out = attend(&flat(q)?, kv, ctx.pos, seq, shape);
+        let out = Tensor::from_vec(out, (b, seq, nh * hd), x.device())?;
+        crate::dump::tensor("kqv_out", &out);
+        self.o.forward(&out)
+    }
+}
