@@ -108,7 +108,9 @@ impl Isa {
                     cap = cap.min(w);
                 }
             }
-            Isa::best_up_to(cap)
+            let isa = Isa::best_up_to(cap);
+            tracing::debug!(level = ?isa, "quantized kernels");
+            isa
         })
     }
 
