@@ -1,10 +1,12 @@
 //! Split GGUF models open across all their parts and compute exactly what the whole file does.
 //!
-//! The split is made by llama.cpp's `llama-gguf-split` (the tool users split models with) when
-//! it is built (`scripts/llamacpp.sh`; `EXO_REQUIRE_LLAMACPP=1` makes its absence a failure),
-//! and always by a writer here that lays parts out the same way (candle's GGUF writer, the first
-//! part holding the metadata), so the default test run covers split loading without llama.cpp.
+//! The split is made by llama.cpp's `llama-gguf-split` (the tool users split models with, built
+//! by `scripts/llamacpp.sh`; where it is not built those tests fail unless the user opted out
+//! with `EXO_SKIP=llamacpp`, see tests/capability.rs), and by a writer here that lays parts out
+//! the same way (candle's GGUF writer, the first part holding the metadata), which needs nothing.
 
+#[path = "../../tests/capability.rs"]
+mod capability;
 mod common;
 
 use std::{
@@ -22,8 +24,9 @@ use exo_engine::{
     LocalRing, Logits, ShardInput, ShardModel,
 };
 
-/// llama.cpp's `llama-gguf-split`, if built.
-fn llama_gguf_split() -> Option<PathBuf> {
+/// llama.cpp's `llama-gguf-split`; when it is not built the test fails, unless the user opted
+/// out with `EXO_SKIP=llamacpp` (then None).
+fn llama_gguf_split(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("EXO_LLAMACPP_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -34,14 +37,15 @@ fn llama_gguf_split() -> Option<PathBuf> {
     if bin.exists() {
         return Some(bin);
     }
-    let msg = format!(
+    let why = format!(
         "{} is not built (source scripts/llamacpp.sh; llamacpp_bin native llama-gguf-split)",
         bin.display()
     );
-    if std::env::var("EXO_REQUIRE_LLAMACPP").is_ok_and(|v| v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("\n*** SKIPPED: {msg} ***\n");
+    assert!(!capability::check(
+        capability::Capability::Llamacpp,
+        test,
+        Some(why)
+    ));
     None
 }
 
@@ -177,7 +181,7 @@ fn a_split_written_like_llama_gguf_split_equals_the_whole_file() {
 
 #[test]
 fn a_llama_gguf_split_model_equals_the_whole_file() {
-    let Some(bin) = llama_gguf_split() else {
+    let Some(bin) = llama_gguf_split("a_llama_gguf_split_model_equals_the_whole_file") else {
         return;
     };
     let whole = test_model(QWEN);
@@ -193,7 +197,7 @@ fn a_llama_gguf_split_model_equals_the_whole_file() {
 
 #[test]
 fn broken_llama_gguf_splits_are_clear_errors() {
-    let Some(bin) = llama_gguf_split() else {
+    let Some(bin) = llama_gguf_split("broken_llama_gguf_splits_are_clear_errors") else {
         return;
     };
     let whole = test_model(QWEN);

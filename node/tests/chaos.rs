@@ -1,14 +1,16 @@
 //! Chaos and load, bounded in count and time. Chaos: three nodes, twenty requests from
-//! concurrent clients while ring nodes are killed (-9) and restarted at random: every request
-//! ends with the correct text or a clear error, none hangs, no node panics. Load: a hundred
-//! concurrent clients against a two-node ring: each completes or gets 429, none hangs, and the
-//! nodes' memory afterwards is within 10% of before.
+//! concurrent clients while ring nodes are killed (-9) and restarted at random: kills happen,
+//! the driving node recovers rings, and every request ends with exactly the text of an
+//! uninterrupted run or with the documented "no ring fits" error; none hangs, no node panics.
+//! Load: a hundred concurrent streaming clients against a two-node ring: each gets either 429 or
+//! a 200 whose stream carries the whole text and ends with `[DONE]`; the nodes' memory afterwards
+//! is within 10% of before.
 
 mod common;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -59,13 +61,29 @@ fn request(node_url: &str, prompt: &str, stream: bool) -> Result<String, String>
     Err("transport: the stream ended without [DONE]".into())
 }
 
+/// The value of an unlabelled counter or gauge in a node's `/metrics`.
+fn metric(node: &Node, name: &str) -> f64 {
+    let text = ureq::get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// The error a request may end with under chaos: the survivors cannot hold the model (README,
+/// "Meshes"). With every node offering 8 GiB it should not even happen here.
+const NO_RING_FITS: &str = "no ring fits on the rest";
+
 #[test]
 fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
     let model = test_model(GEMMA);
     let expected: Vec<String> = PROMPTS.iter().map(|p| run_single(&model, p, 24)).collect();
     let model = model.to_str().unwrap();
     let mut api = Node::new("api");
-    let pa = api.addr();
     api.start(&[
         "--model",
         model,
@@ -75,7 +93,7 @@ fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
         "--max-concurrent",
         "4",
     ]);
-    api.wait_ready();
+    let pa = api.addr();
     let victims: Vec<Arc<Mutex<Node>>> = ["b", "c"]
         .iter()
         .map(|n| {
@@ -89,7 +107,6 @@ fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
                 "--peer",
                 &pa,
             ]);
-            node.wait_ready();
             Arc::new(Mutex::new(node))
         })
         .collect();
@@ -97,10 +114,16 @@ fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
         &[&victims[0].lock().unwrap(), &victims[1].lock().unwrap()],
         Duration::from_secs(30),
     );
+    let recoveries_before = metric(&api, "exo_recoveries_total");
 
-    let done = Arc::new(AtomicBool::new(false));
+    // Kills land while requests run (the chaos thread waits for one in flight), each victim
+    // restarts with its identity and ports and is waited on until ready again.
+    let (done, in_flight) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let chaos = {
-        let (done, victims) = (done.clone(), victims.clone());
+        let (done, in_flight, victims) = (done.clone(), in_flight.clone(), victims.clone());
         std::thread::spawn(move || {
             let mut seed = 0x1234_5678u64;
             let mut rand = move |n: u64| {
@@ -109,11 +132,14 @@ fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
             };
             let (mut kills, deadline) = (0, Instant::now() + Duration::from_secs(240));
             while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(800 + rand(2000)));
+                std::thread::sleep(Duration::from_millis(300 + rand(1200)));
+                if in_flight.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
                 let v = &victims[rand(2) as usize];
                 v.lock().unwrap().kill();
                 kills += 1;
-                std::thread::sleep(Duration::from_millis(300 + rand(1500)));
+                std::thread::sleep(Duration::from_millis(200 + rand(800)));
                 v.lock().unwrap().restart();
             }
             kills
@@ -124,13 +150,15 @@ fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
     let results: Vec<(usize, Result<String, String>, Duration)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|worker| {
-                let url = url.clone();
+                let (url, in_flight) = (url.clone(), in_flight.clone());
                 s.spawn(move || {
                     (0..5)
                         .map(|i| {
                             let p = (worker + i) % PROMPTS.len();
                             let t = Instant::now();
+                            in_flight.fetch_add(1, Ordering::Relaxed);
                             let r = request(&url, PROMPTS[p], (worker + i) % 2 == 0);
+                            in_flight.fetch_sub(1, Ordering::Relaxed);
                             (p, r, t.elapsed())
                         })
                         .collect::<Vec<_>>()
@@ -143,35 +171,37 @@ fn chaos_every_request_ends_correctly_or_with_a_clear_error() {
             .collect()
     });
     done.store(true, Ordering::Relaxed);
-    let kills = chaos.join().unwrap();
-
-    let (mut ok, mut errors) = (0, Vec::new());
-    for (p, r, took) in &results {
-        match r {
-            Ok(text) => {
-                assert_eq!(
-                    text, &expected[*p],
-                    "a request returned wrong text under chaos"
-                );
-                ok += 1;
-            }
-            Err(e) => {
-                // A clear, OpenAI-shaped error, never a dropped connection or a hang.
-                assert!(
-                    !e.starts_with("transport"),
-                    "unclear failure after {took:?}: {e}"
-                );
-                errors.push(e.clone());
-            }
-        }
-    }
+    let kills = chaos.join().expect("the chaos thread failed (a restart?)");
+    let recoveries = metric(&api, "exo_recoveries_total") - recoveries_before;
+    let (ok, no_ring) = (
+        results.iter().filter(|r| r.1.is_ok()).count(),
+        results.iter().filter(|r| r.1.is_err()).count(),
+    );
     eprintln!(
-        "chaos: {} requests, {ok} correct, {} clear errors, {kills} kills: {errors:?}",
-        results.len(),
-        errors.len()
+        "chaos: {} requests, {ok} correct, {no_ring} \"no ring fits\"; {kills} kills, \
+         {recoveries} ring recoveries",
+        results.len()
     );
     assert_eq!(results.len(), 20);
-    assert!(ok >= 10, "too few requests survived the chaos: {ok}");
+    for (p, r, took) in &results {
+        match r {
+            Ok(text) => assert_eq!(
+                text, &expected[*p],
+                "a request returned other text than an uninterrupted run ({:?})",
+                PROMPTS[*p]
+            ),
+            Err(e) => assert!(
+                e.contains(NO_RING_FITS),
+                "a request failed after {took:?} with other than \"{NO_RING_FITS}\": {e}"
+            ),
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills happened");
+    assert!(
+        recoveries >= 1.0,
+        "{kills} kills but no ring recovery on the API node"
+    );
+    assert!(api.log_text().contains("recovering request on a new ring"));
     let mut logs = vec![api.log_text()];
     logs.extend(victims.iter().map(|v| v.lock().unwrap().log_text()));
     for log in &logs {
@@ -183,9 +213,72 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// What one of the hundred clients got.
+struct LoadResult {
+    prompt: usize,
+    status: u16,
+    /// Time to the first piece of text.
+    ttft: Option<f64>,
+    text: String,
+    pieces: usize,
+    /// Whether the stream ended with `data: [DONE]`.
+    done: bool,
+    /// An error event inside the stream.
+    error: Option<String>,
+}
+
+fn load_client(url: &str, prompt: usize) -> LoadResult {
+    let body = json!({"model": GEMMA_ID, "prompt": PROMPTS[prompt], "max_tokens": 8, "temperature": 0, "stream": true});
+    let t = Instant::now();
+    let resp = ureq::post(&format!("{url}/v1/completions"))
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(180)))
+        .build()
+        .send_json(&body)
+        .expect("no response: the server hung or dropped the client");
+    let mut r = LoadResult {
+        prompt,
+        status: resp.status().as_u16(),
+        ttft: None,
+        text: String::new(),
+        pieces: 0,
+        done: false,
+        error: None,
+    };
+    if r.status != 200 {
+        return r;
+    }
+    for data in sse_events(resp.into_body().into_reader()) {
+        if data == "[DONE]" {
+            r.done = true;
+            break;
+        }
+        let v: serde_json::Value = match serde_json::from_str(&data) {
+            Ok(v) => v,
+            Err(e) => {
+                r.error = Some(format!("unparsable event {data:?}: {e}"));
+                break;
+            }
+        };
+        if let Some(e) = v.get("error") {
+            r.error = Some(e.to_string());
+            break;
+        }
+        let piece = v["choices"][0]["text"].as_str().unwrap_or_default();
+        if !piece.is_empty() && r.ttft.is_none() {
+            r.ttft = Some(t.elapsed().as_secs_f64());
+        }
+        r.text.push_str(piece);
+        r.pieces += 1;
+    }
+    r
+}
+
 #[test]
 fn a_hundred_concurrent_clients_complete_or_get_429_and_memory_returns() {
     let model = test_model(GEMMA);
+    let expected: Vec<String> = PROMPTS.iter().map(|p| run_single(&model, p, 8)).collect();
     let model = model.to_str().unwrap();
     let (a, b) = pair(model, &["--memory", "8G"], &["--memory", "8G"]);
     a.wait_peers(&[&b], Duration::from_secs(30));
@@ -195,54 +288,43 @@ fn a_hundred_concurrent_clients_complete_or_get_429_and_memory_returns() {
 
     let url = a.url("");
     let start = Instant::now();
-    let results: Vec<(u16, Option<f64>, usize)> = std::thread::scope(|s| {
+    let results: Vec<LoadResult> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..100)
             .map(|i| {
                 let url = url.clone();
-                s.spawn(move || {
-                    let body = json!({"model": GEMMA_ID, "prompt": PROMPTS[i % 3], "max_tokens": 8, "temperature": 0, "stream": true});
-                    let t = Instant::now();
-                    let resp = ureq::post(&format!("{url}/v1/completions"))
-                        .config()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(180)))
-                        .build()
-                        .send_json(&body)
-                        .expect("no response: the server hung or dropped the client");
-                    let status = resp.status().as_u16();
-                    if status != 200 {
-                        return (status, None, 0);
-                    }
-                    let (mut ttft, mut pieces) = (None, 0);
-                    for data in sse_events(resp.into_body().into_reader()) {
-                        if data == "[DONE]" {
-                            break;
-                        }
-                        if data.contains("\"text\"") && ttft.is_none() {
-                            ttft = Some(t.elapsed().as_secs_f64());
-                        }
-                        pieces += 1;
-                    }
-                    (status, ttft, pieces)
-                })
+                s.spawn(move || load_client(&url, i % PROMPTS.len()))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let wall = start.elapsed().as_secs_f64();
-    let completed: Vec<&(u16, Option<f64>, usize)> =
-        results.iter().filter(|r| r.0 == 200).collect();
-    let rejected = results.iter().filter(|r| r.0 == 429).count();
+    let completed: Vec<&LoadResult> = results.iter().filter(|r| r.status == 200).collect();
+    let rejected = results.iter().filter(|r| r.status == 429).count();
     assert_eq!(
         completed.len() + rejected,
         100,
-        "statuses: {:?}",
-        results.iter().map(|r| r.0).collect::<Vec<_>>()
+        "a request neither completed nor got 429; statuses: {:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
     );
+    // A 200 counts as completed only with the whole text and the final [DONE].
+    for r in &completed {
+        assert!(
+            r.error.is_none() && r.done,
+            "a 200 stream for {:?} ended without [DONE] (error: {:?}) after {:?}",
+            PROMPTS[r.prompt],
+            r.error,
+            r.text
+        );
+        assert_eq!(
+            r.text, expected[r.prompt],
+            "a 200 stream for {:?} carried other text than an uninterrupted run",
+            PROMPTS[r.prompt]
+        );
+    }
     assert!(!completed.is_empty());
-    let mut ttfts: Vec<f64> = completed.iter().filter_map(|r| r.1).collect();
+    let mut ttfts: Vec<f64> = completed.iter().filter_map(|r| r.ttft).collect();
     ttfts.sort_by(f64::total_cmp);
-    let tokens: usize = completed.iter().map(|r| r.2).sum();
+    let tokens: usize = completed.iter().map(|r| r.pieces).sum();
     eprintln!(
         "load: {} completed, {rejected} got 429; TTFT p50 {:.2}s p99 {:.2}s; {:.1} tok/s overall over {wall:.1}s",
         completed.len(),

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::test_model;
+use common::{test_model, CommandExt, CHILD_TIMEOUT};
 
 fn exo() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_exo-p2p"));
@@ -42,8 +42,7 @@ fn run_streams_only_the_generated_text() {
             "--temperature",
             "0",
         ])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -67,8 +66,7 @@ fn run_chat_applies_the_template_and_stops_at_end_of_turn() {
             "--temperature",
             "0",
         ])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -102,8 +100,7 @@ fn assert_one_line_error(out: std::process::Output, needle: &str) {
 fn missing_file_is_one_clear_error() {
     let out = exo()
         .args(["run", "/no/such/model.gguf", "-p", "hi"])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert_one_line_error(out, "/no/such/model.gguf");
 }
 
@@ -117,8 +114,7 @@ fn non_gguf_file_is_one_clear_error() {
             "hi",
         ])
         .env("RUST_BACKTRACE", "1")
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert_one_line_error(out, "is not a GGUF file");
 }
 
@@ -137,15 +133,14 @@ fn unsupported_architecture_is_one_clear_error() {
         .arg("run")
         .arg(&path)
         .args(["-p", "hi"])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     std::fs::remove_file(&path).unwrap();
     assert_one_line_error(out, "architecture `mamba`");
 }
 
 #[test]
 fn version_names_the_commit() {
-    let out = exo().arg("--version").output().unwrap();
+    let out = exo().arg("--version").output_within(CHILD_TIMEOUT);
     let v = String::from_utf8(out.stdout).unwrap();
     assert!(v.starts_with("exo-p2p 0.") && v.contains('('), "{v}");
 }
@@ -161,8 +156,7 @@ fn perplexity_reports_progress_and_a_final_estimate() {
         .arg(test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
         .arg(text)
         .args(["-c", "64", "--chunks", "3", "--json"])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // llama-perplexity's running figures, one per chunk.
@@ -177,7 +171,6 @@ fn perplexity_reports_progress_and_a_final_estimate() {
         .arg("perplexity")
         .arg(test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
         .arg("/nonexistent/text.txt")
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert_one_line_error(out, "/nonexistent/text.txt");
 }

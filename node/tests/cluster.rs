@@ -19,14 +19,12 @@ fn three_nodes(model: &str) -> Vec<Node> {
     let mut a = Node::new("a");
     let mut b = Node::new("b");
     let mut c = Node::new("c");
-    let (pa, pb) = (a.addr(), b.addr());
     let base = ["--model", path, "--no-mdns", "--memory", "8G"];
     a.start(&base);
+    let pa = a.addr();
     b.start(&[&base[..], &["--peer", &pa]].concat());
+    let pb = b.addr();
     c.start(&[&base[..], &["--peer", &pa, "--peer", &pb]].concat());
-    for n in [&a, &b, &c] {
-        n.wait_ready();
-    }
     for n in [&a, &b, &c] {
         n.wait_peers(&[&a, &b, &c], Duration::from_secs(30));
     }
@@ -96,7 +94,6 @@ fn check_three_node_ring(file: &str, n_layers: u64) {
     let middle = nodes.iter().find(|n| n.peer_id == ring[1].0).unwrap();
     let mut whole = Node::new("whole");
     whole.start(&["--model", test_model(file).to_str().unwrap(), "--no-mdns"]);
-    whole.wait_ready();
     assert_eq!(complete(&whole, &model, prompt, 32), expected);
     let (m, w) = (middle.rss(), whole.rss());
     eprintln!(
@@ -126,7 +123,6 @@ fn gossip_join_and_leave_within_ten_seconds() {
     let gemma = gemma.to_str().unwrap();
     let mut a = Node::new("a");
     a.start(&["--model", gemma, "--no-mdns"]);
-    a.wait_ready();
     let mut b = Node::new("b");
     let pa = a.addr();
     b.start(&["--model", gemma, "--no-mdns", "--peer", &pa]);
@@ -150,7 +146,6 @@ fn kademlia_finds_peers_through_a_bootstrap_node() {
     let gemma = gemma.to_str().unwrap();
     let mut boot = Node::new("bootstrap");
     boot.start(&["--no-mdns"]);
-    boot.wait_ready();
     let pb = boot.addr();
     let mut a = Node::new("a");
     let mut c = Node::new("c");
@@ -173,6 +168,5 @@ fn kademlia_finds_peers_through_a_bootstrap_node() {
 fn serve_shuts_down_gracefully_on_sigterm() {
     let mut a = Node::new("a");
     a.start(&["--no-mdns"]);
-    a.wait_ready();
     assert!(a.terminate().success());
 }

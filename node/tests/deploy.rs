@@ -5,20 +5,23 @@
 //! two-node ring on a podman network whose greedy text equals `exo-p2p run` in one process.
 //!
 //! Where a tool is missing (python3 with venv and pip, systemd-analyze, podman that can run
-//! containers, debootstrap) the test prints `SKIPPED <test>: <why>` and passes; with
-//! EXO_REQUIRE_PYTHON=1 (the manifests) or EXO_REQUIRE_CONTAINERS=1 (unit and containers) that
-//! is a failure instead, as in CI. `scripts/container-setup.sh` installs everything.
+//! containers, debootstrap) the test fails unless the user opted out with `EXO_SKIP=python`
+//! (the manifests) or `EXO_SKIP=containers` (unit and containers); then it prints
+//! `SKIPPED <test>: <why>` (tests/capability.rs). `scripts/container-setup.sh` installs everything.
 
 mod common;
 
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{
+    capability::{check, Capability::*},
+    *,
+};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -32,44 +35,8 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/exo-p2p")
 }
 
-/// Prints why `test` is skipped and returns; panics instead when `require_var` is 1.
-fn skip(test: &str, why: &str, require_var: &str) {
-    let msg = format!("SKIPPED {test}: {why}");
-    assert!(
-        std::env::var(require_var).as_deref() != Ok("1"),
-        "{msg} ({require_var}=1 makes this a failure)"
-    );
-    // Straight to stderr, past the test harness's capture: a skip is seen even when it passes.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs `cmd`, killing it after `timeout`; None when it cannot be started.
-fn run_for(cmd: &mut Command, timeout: Duration) -> Option<Output> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.ok(),
-        Err(_) => {
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-    }
 }
 
 fn ok(cmd: &mut Command, timeout: Duration) -> String {
@@ -141,7 +108,10 @@ fn k8s_files() -> Vec<PathBuf> {
 fn kubernetes_manifests_validate() {
     let exe = match kubernetes_validate() {
         Ok(exe) => exe,
-        Err(why) => return skip("kubernetes_manifests_validate", &why, "EXO_REQUIRE_PYTHON"),
+        Err(why) => {
+            assert!(!check(Python, "kubernetes_manifests_validate", Some(why)));
+            return;
+        }
     };
     let files = k8s_files();
     // The oldest Kubernetes still commonly run, and the newest the validator knows.
@@ -252,16 +222,16 @@ fn verify_unit(unit_text: &str, name: &str) -> (bool, Vec<String>) {
 
 #[test]
 fn systemd_unit_verifies() {
-    let have = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have || systemd_unit_dir().is_none() {
-        return skip(
-            "systemd_unit_verifies",
-            "systemd-analyze or the system's unit files are missing (apt-get install systemd)",
-            "EXO_REQUIRE_CONTAINERS",
-        );
+    let have = run_for(
+        Command::new("systemd-analyze").arg("--version"),
+        Duration::from_secs(30),
+    )
+    .is_some_and(|o| o.status.success());
+    let missing = (!have || systemd_unit_dir().is_none()).then(|| {
+        "systemd-analyze or the system's unit files are missing (apt-get install systemd)".into()
+    });
+    if !check(Containers, "systemd_unit_verifies", missing) {
+        return;
     }
     let path = repo().join("deploy/systemd/exo-p2p.service");
     let unit = std::fs::read_to_string(&path).unwrap();
@@ -427,8 +397,9 @@ fn image_context(files: &[(&str, &[u8])]) -> PathBuf {
         .arg("-o")
         .arg(context.join("exo-p2p"))
         .arg(bin())
-        .status()
-        .is_ok_and(|s| s.success());
+        .output_within(CHILD_TIMEOUT)
+        .status
+        .success();
     if !stripped {
         std::fs::copy(bin(), context.join("exo-p2p")).unwrap();
     }
@@ -502,8 +473,8 @@ fn container_two_node_ring_matches_one_process() {
     let test = "container_two_node_ring_matches_one_process";
     let _one_at_a_time = CONTAINER_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
-    if let Some(why) = container_runtime_problem() {
-        return skip(test, &why, "EXO_REQUIRE_CONTAINERS");
+    if !check(Containers, test, container_runtime_problem()) {
+        return;
     }
     eprintln!("[{:>5.1?}] base image ready", t0.elapsed());
     let model_path = std::fs::canonicalize(test_model(GEMMA)).unwrap();
@@ -738,8 +709,8 @@ fn systemd_unit_runs_under_systemd() {
     let test = "systemd_unit_runs_under_systemd";
     let _one_at_a_time = CONTAINER_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
-    if let Some(why) = container_runtime_problem() {
-        return skip(test, &why, "EXO_REQUIRE_CONTAINERS");
+    if !check(Containers, test, container_runtime_problem()) {
+        return;
     }
     let mut pm = Podman {
         prefix: format!("exo-systemd-test-{}", std::process::id()),

@@ -69,7 +69,6 @@ struct Raw {
 fn garbage_gets_an_error_reply_and_a_disconnect() {
     let mut node = Node::new("victim");
     node.start(&["--model", test_model(GEMMA).to_str().unwrap(), "--no-mdns"]);
-    node.wait_ready();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()

@@ -29,8 +29,7 @@ fn exo(home: &Path, hub: &str, args: &[&str]) -> Output {
         .env("EXO_HOME", home)
         .env("HF_ENDPOINT", hub)
         .env_remove("HF_TOKEN")
-        .output()
-        .unwrap()
+        .output_within(CHILD_TIMEOUT)
 }
 
 fn stderr(o: &Output) -> String {
@@ -186,11 +185,10 @@ fn a_second_node_gets_the_model_from_the_first_with_the_hub_down() {
         .success());
     drop(hub);
     drop(rt); // the hub is gone
-    let pa = a.addr();
-    // Both nodes are pointed at a dead hub.
+              // Both nodes are pointed at a dead hub.
     a.env("HF_ENDPOINT", DEAD_HUB)
         .start(&["--model", REPO, "--no-mdns", "--memory", "8G"]);
-    a.wait_ready();
+    let pa = a.addr();
     let mut b = Node::new("b");
     b.env("HF_ENDPOINT", DEAD_HUB).start(&[
         "--model",
@@ -201,7 +199,6 @@ fn a_second_node_gets_the_model_from_the_first_with_the_hub_down() {
         "--peer",
         &pa,
     ]);
-    b.wait_ready();
     let downloads = b.get("/v1/downloads").unwrap();
     let file = downloads["files"]
         .as_array()
@@ -380,13 +377,11 @@ fn tiny_llama_pair() -> (tokio::runtime::Runtime, MockHub, Node, Node) {
     );
     let mut a = Node::new("a");
     let mut b = Node::new("b");
-    let pa = a.addr();
     let base = ["--model", ST_REPO, "--no-mdns", "--memory", "8G"];
     a.env("HF_ENDPOINT", &hub.endpoint()).start(&base);
+    let pa = a.addr();
     b.env("HF_ENDPOINT", &hub.endpoint())
         .start(&[&base[..], &["--peer", &pa]].concat());
-    a.wait_ready();
-    b.wait_ready();
     for n in [&a, &b] {
         n.wait_peers(&[&a, &b], Duration::from_secs(30));
     }

@@ -24,8 +24,7 @@ fn mdns_discovers_a_node_on_the_same_lan() {
         let out = std::process::Command::new(bin())
             .arg("id")
             .env("EXO_HOME", &home)
-            .output()
-            .unwrap();
+            .output_within(CHILD_TIMEOUT);
         peer_ids.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
         let log = home.join("node.log");
         let child = ns

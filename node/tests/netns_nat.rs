@@ -179,7 +179,7 @@ impl Wan {
         if let Some(b) = body {
             cmd.arg(b.to_string());
         }
-        let out = cmd.output().ok()?;
+        let out = run_for(&mut cmd, Duration::from_secs(310))?;
         serde_json::from_slice(&out.stdout).ok()
     }
 
@@ -215,8 +215,7 @@ fn peer_id(home: &std::path::Path) -> String {
     let out = Command::new(bin())
         .arg("id")
         .env("EXO_HOME", home)
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -294,8 +293,7 @@ fn ring_through_the_relay_when_hole_punching_is_blocked() {
             .env("EXO_HOME", &h2_home)
             .env("EXO_THREADS", "1")
             .env("DEBUG", "1")
-            .output()
-            .unwrap();
+            .output_within(CHILD_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "run failed: {stderr}");
     eprintln!(
@@ -381,8 +379,8 @@ fn a_node_with_another_swarm_key_is_refused() {
         assert!(Command::new(bin())
             .args(["keygen", "-o"])
             .arg(k)
-            .status()
-            .unwrap()
+            .output_within(CHILD_TIMEOUT)
+            .status
             .success());
     }
     let relay_home = temp_dir("relay");
@@ -437,8 +435,7 @@ fn a_node_with_another_swarm_key_is_refused() {
                 "8",
             ])
             .env("EXO_HOME", temp_dir("h3"))
-            .output()
-            .unwrap();
+            .output_within(CHILD_TIMEOUT);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -458,8 +455,7 @@ fn a_node_with_another_swarm_key_is_refused() {
             "--relay",
             &relay,
         ])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert!(invite.status.success());
     let token = String::from_utf8(invite.stdout).unwrap().trim().to_string();
     let out =
@@ -484,8 +480,7 @@ fn a_node_with_another_swarm_key_is_refused() {
                 "60",
             ])
             .env("EXO_HOME", temp_dir("h3b"))
-            .output()
-            .unwrap();
+            .output_within(CHILD_TIMEOUT);
     assert!(
         out.status.success(),
         "{}",

@@ -26,8 +26,7 @@ fn tailscale_peers_are_found_and_joined() {
                 std::process::Command::new(bin())
                     .arg("id")
                     .env("EXO_HOME", &home)
-                    .output()
-                    .unwrap()
+                    .output_within(CHILD_TIMEOUT)
                     .stdout,
             )
             .unwrap()

@@ -25,17 +25,15 @@ fn gemma() -> String {
 fn ring_of_three(memory: &str, extra: &[&str]) -> Vec<Node> {
     let model = gemma();
     let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(n)).collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
-    for (i, n) in nodes.iter_mut().enumerate() {
+    let mut addrs: Vec<String> = Vec::new();
+    for n in nodes.iter_mut() {
         let mut args = vec!["--model", model.as_str(), "--no-mdns", "--memory", memory];
-        for a in addrs.iter().take(i) {
+        for a in &addrs {
             args.extend(["--peer", a.as_str()]);
         }
         args.extend_from_slice(extra);
         n.start(&args);
-    }
-    for n in &nodes {
-        n.wait_ready();
+        addrs.push(n.addr());
     }
     let all: Vec<&Node> = nodes.iter().collect();
     for n in &nodes {

@@ -159,7 +159,9 @@ impl Isa {
                     cap = cap.min(w);
                 }
             }
-            Isa::best_up_to(cap)
+            let isa = Isa::best_up_to(cap);
+            tracing::debug!(level = ?isa, "quantized kernels");
+            isa
         })
     }
 

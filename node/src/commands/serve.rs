@@ -4,6 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use exo_engine::RunnerLimits;
+use libp2p::Multiaddr;
 
 use crate::{
     backend::NodeBackend,
@@ -75,7 +76,6 @@ impl MeshArgs {
 
 pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
     let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads)?;
-    opts.api_port = Some(args.api_port);
     opts.limits.idle_timeout = Duration::from_secs(args.kv_idle_timeout.max(1));
     opts.limits.max_kv_bytes = args.max_kv_memory as usize;
     // Bind the API first: a port already in use is an error before anything else starts.
@@ -87,25 +87,50 @@ pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
                 args.api_host, args.api_port
             )
         })?;
+    // The port in use (`--api-port 0` lets the OS choose) is the one peers are told.
+    let api_port = listener.local_addr()?.port();
+    opts.api_port = Some(api_port);
     let config = exo_api::ApiConfig {
         api_key: args.api_key.clone(),
         max_concurrent: args.max_concurrent.max(1),
         upstream: exo_api::UpstreamConfig::from_file_and_env(args.upstream_config.as_deref())?,
         ..Default::default()
     };
+    let wanted = opts.discovery.listen.clone();
     let node = Arc::new(Node::start(opts).await?);
     let backend = Arc::new(NodeBackend::new(node.clone()));
+    // Readiness lines, with the real ports: scripts and tests wait on them.
+    let peer = node.client.local_peer_id();
+    for addr in bound_listen_addrs(&node, &wanted).await {
+        eprintln!("listening on {addr}/p2p/{peer}");
+    }
     eprintln!(
-        "exo-p2p node {} is up; API and chat page on http://{}:{}",
-        node.client.local_peer_id(),
-        args.api_host,
-        args.api_port
+        "exo-p2p node {peer}: API ready on http://{}:{api_port} (chat page at /)",
+        args.api_host
     );
     exo_api::serve_with_shutdown(listener, backend, config, shutdown_signal()).await?;
     eprintln!("shutting down");
     // Give in-flight replies a moment to leave.
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// The swarm's listen addresses once each of `wanted` is bound (port 0 resolved), or what is
+/// bound after a few seconds.
+async fn bound_listen_addrs(node: &Node, wanted: &[Multiaddr]) -> Vec<Multiaddr> {
+    // Same transport: the same protocols in the same order, whatever their values.
+    let shape = |a: &Multiaddr| a.iter().map(|p| p.tag()).collect::<Vec<_>>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let bound = node.client.listen_addrs().await;
+        let all = wanted
+            .iter()
+            .all(|w| bound.iter().any(|b| shape(b) == shape(w)));
+        if all || tokio::time::Instant::now() > deadline {
+            return bound;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn shutdown_signal() {

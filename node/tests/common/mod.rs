@@ -1,13 +1,14 @@
 //! Helpers for tests that run real `exo-p2p` processes on loopback.
 #![allow(dead_code)]
 
+#[path = "../../../tests/capability.rs"]
+pub mod capability;
 pub mod netns;
 
 use std::{
     io::{BufRead, BufReader, Read},
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -35,13 +36,67 @@ pub fn test_model(name: &str) -> PathBuf {
     p
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Runs `cmd` (stdin closed, output captured), killing it after `timeout`; None when it cannot
+/// be started. Every child process a test runs to completion goes through here.
+pub fn run_for(cmd: &mut Command, timeout: Duration) -> Option<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.ok(),
+        Err(_) => {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// How long a child process a test runs to completion may take unless the test says otherwise.
+pub const CHILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Bounded versions of `Command::output` and `Command::status`: every child process a test runs
+/// to completion is killed (and the test fails) after `timeout`.
+pub trait CommandExt {
+    /// Output captured; panics when the program cannot be started.
+    fn output_within(&mut self, timeout: Duration) -> Output;
+    /// The test's stdout and stderr (the child's output shows as it runs).
+    fn status_within(&mut self, timeout: Duration) -> std::process::ExitStatus;
+}
+
+impl CommandExt for Command {
+    fn output_within(&mut self, timeout: Duration) -> Output {
+        let desc = format!("{self:?}");
+        run_for(self, timeout).unwrap_or_else(|| panic!("cannot start {desc}"))
+    }
+
+    fn status_within(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {self:?}: {e}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{self:?} did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -82,18 +137,24 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
-/// One `exo-p2p serve` process with its own EXO_HOME and ports; killed on drop.
+/// One `exo-p2p serve` process with its own EXO_HOME; killed on drop. The OS picks its ports
+/// (port 0) on the first start; a restart keeps them, so peers' addresses stay valid.
 pub struct Node {
     pub name: String,
     child: Option<Child>,
     pub home: PathBuf,
+    /// 0 until the node has started.
     pub api_port: u16,
+    /// 0 until the node has started.
     pub p2p_port: u16,
     pub peer_id: String,
     pub log: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
+
+/// How long a node may take from spawn to its readiness line.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Node {
     /// Creates the node's identity (so its peer id is known) without starting it.
@@ -102,8 +163,7 @@ impl Node {
         let out = Command::new(bin())
             .arg("id")
             .env("EXO_HOME", &home)
-            .output()
-            .unwrap();
+            .output_within(Duration::from_secs(30));
         assert!(out.status.success(), "exo-p2p id failed");
         let peer_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
         Self {
@@ -111,8 +171,8 @@ impl Node {
             child: None,
             log: home.join("node.log"),
             home,
-            api_port: free_port(),
-            p2p_port: free_port(),
+            api_port: 0,
+            p2p_port: 0,
             peer_id,
             args: Vec::new(),
             envs: Vec::new(),
@@ -125,24 +185,28 @@ impl Node {
         self
     }
 
-    /// This node's address for `--peer` / `--bootstrap`.
+    /// This node's address for `--peer` / `--bootstrap` (once started).
     pub fn addr(&self) -> String {
+        assert!(self.p2p_port != 0, "{} has not started yet", self.name);
         format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.p2p_port, self.peer_id)
     }
 
-    /// Starts `exo-p2p serve` with the node's ports plus `args`.
+    /// Starts `exo-p2p serve` with `args` and waits for its readiness lines.
     pub fn start(&mut self, args: &[&str]) -> &mut Self {
         self.args = args.iter().map(|s| s.to_string()).collect();
         self.spawn();
         self
     }
 
+    /// Spawns the node and waits (bounded) until it prints that it listens and that its API is
+    /// ready, learning the ports the OS chose.
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
+        let from = log.metadata().unwrap().len() as usize;
         let child = Command::new(bin())
             .arg("serve")
             .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)])
@@ -158,14 +222,37 @@ impl Node {
             .env_remove("RUST_LOG")
             .env("DEBUG", std::env::var("EXO_TEST_DEBUG").unwrap_or_default())
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        let child = self.child.insert(child);
+        let (name, path) = (&self.name, &self.log);
+        let (api, p2p) = wait_until(
+            READY_TIMEOUT,
+            &format!("{name}'s readiness line (log: {})", path.display()),
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!(
+                        "{name} exited ({status}) before it was ready:\n{}",
+                        log_tail(path)
+                    );
+                }
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                readiness(text.get(from..).unwrap_or_default())
+            },
+        );
+        assert!(
+            self.api_port == 0 || self.api_port == api,
+            "{} came back on API port {api}, not {}",
+            self.name,
+            self.api_port
+        );
+        (self.api_port, self.p2p_port) = (api, p2p);
     }
 
-    /// Starts the node again with the same identity, ports and flags.
+    /// Starts the node again with the same identity, ports and flags; waits until it is ready.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -180,7 +267,12 @@ impl Node {
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
-        let mut resp = ureq::get(&self.url(path)).call().ok()?;
+        let mut resp = ureq::get(&self.url(path))
+            .config()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .call()
+            .ok()?;
         resp.body_mut().read_json().ok()
     }
 
@@ -200,20 +292,6 @@ impl Node {
         } else {
             Err(format!("HTTP {status}: {v}"))
         }
-    }
-
-    /// Waits until the node answers /health.
-    pub fn wait_ready(&self) -> &Self {
-        let t = Duration::from_secs(60);
-        wait_until(
-            t,
-            &format!("{} to be ready (log: {})", self.name, self.log_tail()),
-            || {
-                self.child.as_ref()?;
-                ureq::get(&self.url("/health")).call().ok().map(|_| ())
-            },
-        );
-        self
     }
 
     pub fn topology(&self) -> Value {
@@ -284,12 +362,7 @@ impl Node {
     }
 
     pub fn log_tail(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log)
     }
 
     pub fn log_text(&self) -> String {
@@ -313,16 +386,36 @@ impl Drop for Node {
     }
 }
 
+/// The last 30 lines of a log file.
+fn log_tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// The API and peer-to-peer ports in a node's readiness lines (`listening on
+/// /ip4/127.0.0.1/tcp/P/p2p/..` then `..API ready on http://127.0.0.1:P ..`), once both are there.
+pub fn readiness(log: &str) -> Option<(u16, u16)> {
+    let api = log.lines().find_map(|l| {
+        let url = l.split("API ready on http://").nth(1)?;
+        let host_port = url.split_whitespace().next()?;
+        host_port.rsplit(':').next()?.parse().ok()
+    })?;
+    let p2p = log.lines().find_map(|l| {
+        let rest = l.strip_prefix("listening on /ip4/127.0.0.1/tcp/")?;
+        rest.split('/').next()?.parse().ok()
+    })?;
+    Some((api, p2p))
+}
+
 /// Two nodes serving `model` without mDNS, the second given the first as a peer; both ready.
 /// Each node's extra flags come after `--model MODEL --no-mdns`.
 pub fn pair(model: &str, a_args: &[&str], b_args: &[&str]) -> (Node, Node) {
     let mut a = Node::new("a");
     let mut b = Node::new("b");
-    let pa = a.addr();
     a.start(&[&["--model", model, "--no-mdns"][..], a_args].concat());
+    let pa = a.addr();
     b.start(&[&["--model", model, "--no-mdns", "--peer", &pa][..], b_args].concat());
-    a.wait_ready();
-    b.wait_ready();
     (a, b)
 }
 
@@ -350,8 +443,7 @@ pub fn run_single(model: &Path, prompt: &str, max_tokens: u32) -> String {
             "--temperature",
             "0",
         ])
-        .output()
-        .unwrap();
+        .output_within(CHILD_TIMEOUT);
     assert!(
         out.status.success(),
         "{}",

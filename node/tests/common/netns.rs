@@ -3,24 +3,22 @@
 
 use std::process::{Command, Stdio};
 
-/// Whether this process can create network namespaces. When it cannot, tests say so and skip —
-/// unless EXO_REQUIRE_NETNS=1 (CI), where that is a failure.
+/// Whether this process can create network namespaces (root and iproute2); when it cannot,
+/// the test fails unless the user opted out (`EXO_SKIP=netns`, see [`super::capability`]).
 pub fn available(test: &str) -> bool {
-    let ok = unsafe { libc::geteuid() } == 0
-        && Command::new("ip")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = format!("SKIPPED {test}: needs root and iproute2 (`ip netns`)");
-        assert!(
-            std::env::var("EXO_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "{msg}"
-        );
-        eprintln!("{msg}");
-    }
-    ok
+    let missing = if unsafe { libc::geteuid() } != 0 {
+        Some("needs root (`ip netns`)".to_string())
+    } else if !Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        Some("needs iproute2 (`ip`): apt-get install iproute2".to_string())
+    } else {
+        None
+    };
+    super::capability::check(super::capability::Capability::Netns, test, missing)
 }
 
 pub fn sh(cmd: &str) {
