@@ -23,6 +23,9 @@ fn env_name(isa: Isa) -> &'static str {
         Isa::Avx2 => "avx2",
         Isa::AvxVnni => "avxvnni",
         Isa::Avx512 => "avx512",
+        Isa::Neon => "neon",
+        Isa::NeonDotprod => "dotprod",
+        Isa::NeonI8mm => "i8mm",
     }
 }
 
