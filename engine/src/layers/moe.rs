@@ -265,7 +265,8 @@ mod tests {
 
     #[test]
     fn vector_expf_is_close_to_libm() {
-        for i in -3000..1 {
+        // Down to f32's smallest normal results (subnormal ones lose relative precision).
+        for i in -2900..1 {
             let x = i as f32 * 0.03;
             let (a, b) = (expf_ggml_256(x), x.exp());
             assert!((a - b).abs() <= 4.0 * f32::EPSILON * b, "{x}: {a} vs {b}");
