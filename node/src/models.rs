@@ -168,6 +168,7 @@ impl LocalModel {
             n_layers: self.info.n_layers(),
             bytes: self.info.weight_bytes,
             arch: self.info.spec.arch.clone(),
+            layer_bytes: self.info.layer_bytes.clone(),
         }
     }
 }

@@ -68,6 +68,29 @@ pub struct ModelOffer {
     /// Total size of the model's weights in bytes.
     pub bytes: u64,
     pub arch: String,
+    /// Bytes of each layer's tensors (a mixture's experts included), when the node knows them;
+    /// empty from a node that does not say (layers are then taken as equal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_bytes: Vec<u64>,
+}
+
+impl ModelOffer {
+    /// Bytes of weights a stage serving `layers` holds: its layers' real sizes, and the tensors
+    /// outside the layers (embedding, output) counted half on the first stage, half on the last.
+    pub fn shard_bytes(&self, layers: &LayerRange) -> u64 {
+        let n = self.n_layers.max(1) as u64;
+        if self.layer_bytes.len() != self.n_layers as usize {
+            return self.bytes * layers.len() as u64 / n;
+        }
+        let own: u64 = self.layer_bytes[layers.start as usize..layers.end as usize]
+            .iter()
+            .sum();
+        let rest = self
+            .bytes
+            .saturating_sub(self.layer_bytes.iter().sum::<u64>());
+        let ends = layers.is_first() as u64 + layers.is_last() as u64;
+        own + rest * ends / 2
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,4 +106,27 @@ pub struct FileOffer {
     pub file: String,
     pub size: u64,
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod shard_bytes_tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_counts_its_layers_real_bytes_and_half_the_rest_per_end() {
+        let mut m = ModelOffer {
+            id: "m".into(),
+            n_layers: 4,
+            bytes: 1000,
+            arch: "qwen3moe".into(),
+            layer_bytes: vec![100, 300, 200, 200],
+        };
+        assert_eq!(m.shard_bytes(&LayerRange::new(0, 2, 4)), 400 + 100);
+        assert_eq!(m.shard_bytes(&LayerRange::new(1, 3, 4)), 500);
+        assert_eq!(m.shard_bytes(&LayerRange::new(2, 4, 4)), 400 + 100);
+        assert_eq!(m.shard_bytes(&LayerRange::full(4)), 1000);
+        // Without per-layer sizes, layers are equal.
+        m.layer_bytes.clear();
+        assert_eq!(m.shard_bytes(&LayerRange::new(1, 3, 4)), 500);
+    }
 }

@@ -115,6 +115,7 @@ mod tests {
             n_layers: 24,
             bytes: 1 << 30,
             arch: "qwen2".into(),
+            layer_bytes: vec![],
         });
         record.loaded.push(LoadedShard {
             model: "m".into(),

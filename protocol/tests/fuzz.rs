@@ -78,6 +78,7 @@ fn seeds() -> Vec<Vec<u8>> {
         n_layers: 24,
         bytes: 9,
         arch: "qwen2".into(),
+        layer_bytes: vec![],
     });
     record.loaded.push(LoadedShard {
         model: "m".into(),

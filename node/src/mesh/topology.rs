@@ -173,7 +173,7 @@ impl Topology {
             .collect();
         let plan = partition(model, offer.n_layers, &nodes)?;
         for stage in &plan.stages {
-            let need = offer.bytes * stage.layers.len() as u64 / offer.n_layers.max(1) as u64;
+            let need = offer.shard_bytes(&stage.layers);
             let have = nodes
                 .iter()
                 .find(|n| n.peer == stage.peer)
@@ -253,6 +253,7 @@ mod tests {
                 n_layers: 24,
                 bytes: 1,
                 arch: "qwen2".into(),
+                layer_bytes: vec![],
             })
             .collect();
         r
