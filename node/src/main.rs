@@ -18,6 +18,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) | Command::Relay(_) => "info",
     };
     logging::init(default_level);
+    // Here, not where the level is first chosen: `--version` asks for it before logging starts.
+    tracing::debug!(level = ?exo_engine::quant::Isa::current(), "quantized kernels");
     let threads = threads::configure(cli.threads);
     let result = match cli.command {
         Command::Bench(args) => runtime().block_on(bench::bench(args, threads)),

@@ -159,9 +159,7 @@ impl Isa {
                     cap = cap.min(w);
                 }
             }
-            let isa = Isa::best_up_to(cap);
-            tracing::debug!(level = ?isa, "quantized kernels");
-            isa
+            Isa::best_up_to(cap)
         })
     }
 
