@@ -14,18 +14,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=llamacpp.sh
 . "$here/llamacpp.sh"
 
-variant=${VARIANT:-native}
-simple=$(llamacpp_bin "$variant" llama-simple)
-bindir=$(dirname "$simple")
-src=$LLAMACPP_CACHE/$LLAMACPP_VER/src
-tool=$bindir/exo-llamacpp-dump
-if [ ! -x "$tool" ] || [ "$here/llamacpp-dump.cpp" -nt "$tool" ]; then
-  echo "compiling llamacpp-dump against $bindir..." >&2
-  g++ -std=c++17 -O2 -o "$tool.tmp.$$" "$here/llamacpp-dump.cpp" \
-    -I"$src/include" -I"$src/ggml/include" -L"$bindir" -lllama -lggml -lggml-base \
-    -Wl,-rpath,"$bindir"
-  mv "$tool.tmp.$$" "$tool"
-fi
+tool=$(llamacpp_tool "${VARIANT:-native}" llamacpp-dump)
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   [ "${args[$i]}" = -o ] && mkdir -p "${args[$((i + 1))]}"

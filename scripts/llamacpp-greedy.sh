@@ -39,17 +39,5 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=llamacpp.sh
 . "$here/llamacpp.sh"
 
-variant=${VARIANT:-native}
-# Building llama-simple builds libllama and libggml, which the tool links against.
-simple=$(llamacpp_bin "$variant" llama-simple)
-bindir=$(dirname "$simple")
-src=$LLAMACPP_CACHE/$LLAMACPP_VER/src
-tool=$bindir/exo-llamacpp-greedy
-if [ ! -x "$tool" ] || [ "$here/llamacpp-greedy.cpp" -nt "$tool" ]; then
-  echo "compiling llamacpp-greedy against $bindir..." >&2
-  g++ -std=c++17 -O2 -o "$tool.tmp.$$" "$here/llamacpp-greedy.cpp" \
-    -I"$src/include" -I"$src/ggml/include" -L"$bindir" -lllama -lggml -lggml-base \
-    -Wl,-rpath,"$bindir"
-  mv "$tool.tmp.$$" "$tool"
-fi
+tool=$(llamacpp_tool "${VARIANT:-native}" llamacpp-greedy)
 exec "$tool" "$@"

@@ -40,3 +40,23 @@ llamacpp_bin() {
   fi
   echo "$build/bin/$target"
 }
+
+# `llamacpp_tool VARIANT NAME` compiles scripts/NAME.cpp once (again when the source is newer)
+# against that build's libllama and libggml, caches it beside the build as exo-NAME, and prints
+# its path. Building llama-simple builds the libraries it links against.
+llamacpp_tool() {
+  local variant=$1 name=$2 here simple bindir src tool
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  simple=$(llamacpp_bin "$variant" llama-simple)
+  bindir=$(dirname "$simple")
+  src=$LLAMACPP_CACHE/$LLAMACPP_VER/src
+  tool=$bindir/exo-$name
+  if [ ! -x "$tool" ] || [ "$here/$name.cpp" -nt "$tool" ]; then
+    echo "compiling $name against $bindir..." >&2
+    g++ -std=c++17 -O2 -o "$tool.tmp.$$" "$here/$name.cpp" \
+      -I"$src/include" -I"$src/ggml/include" -L"$bindir" -lllama -lggml -lggml-base \
+      -Wl,-rpath,"$bindir" >&2
+    mv "$tool.tmp.$$" "$tool"
+  fi
+  echo "$tool"
+}
