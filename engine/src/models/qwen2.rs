@@ -9,14 +9,20 @@ use crate::{
 };
 
 pub fn spec(src: &Source) -> Result<Spec> {
-    let hp = super::hparams(src, "qwen2")?;
+    spec_of(src, "qwen2")
+}
+
+/// The Qwen family's hyper-parameters under `arch` (`qwen2`, `qwen3`, `qwen3moe`): NeoX rope over
+/// the whole head, base 1e6 unless the file says otherwise, every layer alike.
+pub(super) fn spec_of(src: &Source, arch: &str) -> Result<Spec> {
+    let hp = super::hparams(src, arch)?;
     let base = if src.is_gguf() {
-        src.meta_f32_opt("qwen2.rope.freq_base")
+        src.meta_f32_opt(&format!("{arch}.rope.freq_base"))
     } else {
         src.meta_f32_opt("rope_theta")
     };
     Ok(Spec {
-        arch: "qwen2".into(),
+        arch: arch.into(),
         ropes: vec![Rope {
             style: RopeStyle::Neox,
             dim: hp.head_dim,

@@ -1,38 +1,8 @@
 //! Qwen3 (dense): Qwen2's block without the Q/K/V biases, with an RMS norm over each head of the
 //! queries and keys before rope (see [`super::llama_block`]).
 
-use crate::{
-    error::Result,
-    layers::{Rope, RopeStyle},
-    model::Spec,
-    source::Source,
-};
+use crate::{error::Result, model::Spec, source::Source};
 
 pub fn spec(src: &Source) -> Result<Spec> {
-    spec_of(src, "qwen3")
-}
-
-/// Qwen3's hyper-parameters under `arch` (`qwen3`, `qwen3moe`).
-pub(super) fn spec_of(src: &Source, arch: &str) -> Result<Spec> {
-    let hp = super::hparams(src, arch)?;
-    let base = if src.is_gguf() {
-        src.meta_f32_opt(&format!("{arch}.rope.freq_base"))
-    } else {
-        src.meta_f32_opt("rope_theta")
-    };
-    Ok(Spec {
-        arch: arch.into(),
-        ropes: vec![Rope {
-            style: RopeStyle::Neox,
-            dim: hp.head_dim,
-            base: base.unwrap_or(1_000_000.0),
-            freq_scale: 1.0,
-            freq_factors: None,
-        }],
-        layer_attn: super::uniform_layers(hp.n_layers),
-        attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
-        embed_scale: None,
-        moe: None,
-        hp,
-    })
+    super::qwen2::spec_of(src, "qwen3")
 }

@@ -5,7 +5,7 @@
 use crate::{error::Result, model::Spec, source::Source};
 
 pub fn spec(src: &Source) -> Result<Spec> {
-    let mut spec = super::qwen3::spec_of(src, "qwen3moe")?;
+    let mut spec = super::qwen2::spec_of(src, "qwen3moe")?;
     spec.moe = super::moe_spec(src, "qwen3moe", true)?;
     if spec.moe.is_none() {
         return Err(crate::error::EngineError::Missing {
