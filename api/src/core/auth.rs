@@ -18,6 +18,24 @@ pub fn check(state: &AppState, given: Option<&str>, hint: &str) -> Result<(), Ap
     }
 }
 
+/// Middleware for the surfaces whose clients send the key as `Authorization: Bearer` (OpenAI,
+/// Ollama).
+pub async fn require_bearer(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match check(
+        &state,
+        bearer(req.headers()),
+        "'Authorization: Bearer YOUR_KEY'",
+    ) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers

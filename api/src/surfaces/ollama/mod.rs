@@ -8,9 +8,6 @@ pub mod chat;
 pub mod models;
 pub mod options;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
@@ -31,20 +28,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/generate", post(chat::generate))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_key,
+            auth::require_bearer,
         ));
     errors::shaped(router, render)
-}
-
-async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match auth::check(
-        &state,
-        auth::bearer(req.headers()),
-        "'Authorization: Bearer YOUR_KEY'",
-    ) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
 }
 
 /// Ollama's error body.

@@ -13,9 +13,7 @@ pub mod tools;
 pub mod types;
 pub mod upstream;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
@@ -40,20 +38,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 pub fn protect(state: &AppState, router: Router<AppState>) -> Router<AppState> {
     let router = router.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        require_key,
+        auth::require_bearer,
     ));
     errors::shaped(router, render)
-}
-
-async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match auth::check(
-        &state,
-        auth::bearer(req.headers()),
-        "'Authorization: Bearer YOUR_KEY'",
-    ) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
 }
 
 /// OpenAI's error body; also what an SSE error event carries.
