@@ -9,42 +9,11 @@ use exo_protocol::LayerRange;
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
-    layers::{last_position, Attention, Block, Embedding, Head, Linear, Mlp, RmsNorm, Rope},
+    layers::{last_position, Attention, Block, Embedding, Head, Linear, Mlp, RmsNorm},
     models,
-    ops::Activation,
     source::Source,
+    spec::Spec,
 };
-
-/// Hyper-parameters common to the supported architectures.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HParams {
-    pub n_layers: usize,
-    pub hidden: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub eps: f32,
-    pub context_length: usize,
-}
-
-/// What an architecture is made of; each file in `models/` reads one of these from metadata.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    pub arch: String,
-    pub hp: HParams,
-    pub ropes: Vec<Rope>,
-    /// Rope setting and sliding window of each layer.
-    pub layer_attn: Vec<(usize, Option<usize>)>,
-    pub act: Activation,
-    pub attn_scale: f64,
-    /// Scale queries before attention rather than the scores (Gemma, as llama.cpp builds it).
-    pub prescale_query: bool,
-    pub embed_scale: Option<f64>,
-    pub qk_norm: bool,
-    pub post_norms: bool,
-    /// Hugging Face Gemma stores norm weights minus one.
-    pub norm_plus_one: bool,
-}
 
 /// What a shard consumes.
 pub enum ShardInput<'a> {

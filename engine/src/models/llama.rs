@@ -6,9 +6,9 @@ use candle_core::Device;
 use crate::{
     error::Result,
     layers::{Rope, RopeStyle},
-    model::Spec,
     ops::Activation,
     source::{Meta, Source},
+    spec::Spec,
 };
 
 pub fn spec(src: &Source) -> Result<Spec> {

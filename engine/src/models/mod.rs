@@ -8,8 +8,8 @@ mod qwen2;
 
 use crate::{
     error::{EngineError, Result},
-    model::{HParams, Spec},
     source::Source,
+    spec::{HParams, Spec},
 };
 
 pub const SUPPORTED: &[&str] = &["gemma3", "qwen2", "llama"];
@@ -24,6 +24,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
         _ => Err(EngineError::UnsupportedArch {
             path: src.path().to_path_buf(),
             arch,
+            supported: SUPPORTED,
         }),
     }
 }

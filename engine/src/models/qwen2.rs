@@ -3,9 +3,9 @@
 use crate::{
     error::Result,
     layers::{Rope, RopeStyle},
-    model::Spec,
     ops::Activation,
     source::Source,
+    spec::Spec,
 };
 
 pub fn spec(src: &Source) -> Result<Spec> {
