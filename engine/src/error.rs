@@ -12,9 +12,13 @@ pub enum EngineError {
     NotAModel { path: PathBuf, reason: String },
     #[error(
         "model {path} has architecture `{arch}`, which exo-p2p does not support (supported: {})",
-        crate::models::SUPPORTED.join(", ")
+        supported.join(", ")
     )]
-    UnsupportedArch { path: PathBuf, arch: String },
+    UnsupportedArch {
+        path: PathBuf,
+        arch: String,
+        supported: &'static [&'static str],
+    },
     #[error("model {path} is missing {what}")]
     Missing { path: PathBuf, what: String },
     #[error("prompt needs {needed} tokens but the model's context is {context} tokens")]

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use crate::{
     chat_template::{ChatMessage, ChatTemplate},
     error::Result,
-    model::Spec,
     models,
     source::Source,
+    spec::Spec,
     tokenizer::TextTokenizer,
 };
 

@@ -5,7 +5,6 @@
 pub mod attention;
 pub mod attention_tiled;
 pub mod chat_template;
-pub mod download;
 pub mod dump;
 pub mod error;
 pub mod frame;
@@ -23,6 +22,7 @@ pub mod quant;
 pub mod runner;
 pub mod sampling;
 pub mod source;
+pub mod spec;
 pub mod text_stream;
 pub mod tokenizer;
 
@@ -31,10 +31,11 @@ pub use error::{EngineError, Result};
 pub use info::{model_id, ModelInfo};
 pub use kv_cache::KvCache;
 pub use local_ring::{even_split, LocalRing};
-pub use model::{HParams, Logits, ShardInput, ShardModel, Spec};
+pub use model::{Logits, ShardInput, ShardModel};
 pub use perplexity::{perplexity, Perplexity};
 pub use runner::{RunnerLimits, ShardRunner, StepOutput};
 pub use sampling::Sampler;
 pub use source::Source;
+pub use spec::{HParams, Spec};
 pub use text_stream::{FinishReason, Piece, TextStream};
 pub use tokenizer::TextTokenizer;

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{quantized::QTensor, safetensors::MmapedSafetensors, DType, Device};
 
 use crate::{
-    download::select::SAFETENSORS_INDEX as INDEX,
     error::{EngineError, Result},
     gguf::{self, Gguf, TensorData},
 };
+
+/// Which safetensors file holds each tensor, in a sharded Hugging Face model directory.
+pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 
 pub enum Source {
     Gguf(Gguf),
@@ -68,7 +70,7 @@ impl Source {
         files.sort();
         // With an index the weight files may all be absent: a node fetches its shard's files
         // when it is asked to run those layers, and reads only the model's description before.
-        let index = std::fs::read(dir.join(INDEX)).ok();
+        let index = std::fs::read(dir.join(SAFETENSORS_INDEX)).ok();
         if files.is_empty() && index.is_none() {
             return Err(not_model("no *.safetensors files".into()));
         }

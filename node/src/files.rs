@@ -9,12 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use exo_engine::download::{
-    AltError, AltSource, AltStream, HeldFile, ModelStore, RemoteFile, RepoInfo,
-};
 use exo_protocol::{
     FileOffer, FileRequest, FileRequestBody, FileResponse, FileResponseBody, MAX_CHUNK_BYTES,
 };
+use exo_store::{AltError, AltSource, AltStream, HeldFile, ModelStore, RemoteFile, RepoInfo};
 use futures::{stream, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};

@@ -3,14 +3,12 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
-use exo_engine::{
-    download::{
-        parse_reference, Downloader, HubRef, ModelRef, ModelStore, PullOptions, TerminalReporter,
-        CATALOG,
-    },
-    ModelInfo,
-};
+use exo_engine::ModelInfo;
 use exo_protocol::{LayerRange, ModelOffer};
+use exo_store::{
+    parse_reference, Downloader, HubRef, ModelRef, ModelStore, PullOptions, TerminalReporter,
+    CATALOG,
+};
 
 /// A model reference made into a local path: a path as is; `owner/repo[:QUANT]` or a catalog
 /// name from the store, or fetched (from peers first when the downloader has them, then the hub).
@@ -239,14 +237,14 @@ impl ModelRegistry {
 /// `exo-p2p models ...`.
 pub async fn command(cmd: crate::cli::ModelsCommand) -> Result<()> {
     use crate::cli::ModelsCommand;
-    let store = exo_engine::download::ModelStore::from_env();
+    let store = exo_store::ModelStore::from_env();
     match cmd {
         ModelsCommand::List => {
             let models = tokio::task::spawn_blocking(move || store.list()).await??;
             if models.is_empty() {
                 eprintln!(
                     "no models in {} (fetch one with `exo-p2p models pull REF`)",
-                    exo_engine::download::ModelStore::default_root().display()
+                    exo_store::ModelStore::default_root().display()
                 );
                 return Ok(());
             }

@@ -8,7 +8,7 @@ use exo_engine::RunnerLimits;
 use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, Plan};
 use tokio::sync::watch;
 
-use exo_engine::download::{
+use exo_store::{
     parse_reference, DownloadTracker, Downloader, ModelRef, ModelStore, TerminalReporter,
 };
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-#[path = "../../engine/tests/download_hub/mod.rs"]
+#[path = "../../store/tests/download_hub/mod.rs"]
 mod download_hub;
 
 use std::{

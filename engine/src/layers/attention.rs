@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 use super::{Linear, RmsNorm, Rope, StepContext, Weights};
 use crate::{
     attention::{attend, AttnShape, LayerKv},
-    model::Spec,
+    spec::Spec,
 };
 
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor};
 
 use super::{Linear, MoeMlp, Weights};
 use crate::{
-    model::Spec,
     ops::{self, Activation},
+    spec::Spec,
 };
 
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@
 use crate::{
     error::Result,
     layers::{Attention, Block, Ffn, Mlp, RmsNorm, Rope, RopeStyle, Weights},
-    model::Spec,
     ops::Activation,
     source::Source,
+    spec::Spec,
 };
 
 pub fn spec(src: &Source) -> Result<Spec> {

@@ -7,8 +7,8 @@ use candle_core::Device;
 use crate::{
     error::Result,
     layers::{Rope, RopeStyle},
-    model::Spec,
     source::{Meta, Source},
+    spec::Spec,
 };
 
 pub fn spec(src: &Source) -> Result<Spec> {

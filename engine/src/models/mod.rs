@@ -11,9 +11,9 @@ mod qwen3moe;
 use crate::{
     error::{EngineError, Result},
     layers::{Attention, Block, Ffn, HfNames, MoeSpec, RmsNorm, Weights},
-    model::{HParams, Spec},
     ops::Activation,
     source::Source,
+    spec::{HParams, Spec},
 };
 
 pub const SUPPORTED: &[&str] = &["gemma3", "qwen2", "qwen3", "qwen3moe", "llama"];
@@ -30,6 +30,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
         _ => Err(EngineError::UnsupportedArch {
             path: src.path().to_path_buf(),
             arch,
+            supported: SUPPORTED,
         }),
     }
 }

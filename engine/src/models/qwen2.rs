@@ -4,8 +4,8 @@
 use crate::{
     error::Result,
     layers::{Rope, RopeStyle},
-    model::Spec,
     source::Source,
+    spec::Spec,
 };
 
 pub fn spec(src: &Source) -> Result<Spec> {

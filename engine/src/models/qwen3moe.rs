@@ -2,7 +2,7 @@
 //! every layer (router `ffn_gate_inp`, 3-D `ffn_{gate,up,down}_exps`), its selected weights
 //! normalised as `expert_weights_norm` / `norm_topk_prob` says (llama.cpp: always).
 
-use crate::{error::Result, model::Spec, source::Source};
+use crate::{error::Result, source::Source, spec::Spec};
 
 pub fn spec(src: &Source) -> Result<Spec> {
     let mut spec = super::qwen2::spec_of(src, "qwen3moe")?;

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exo_protocol::LayerRange;
 
-use super::{
+use crate::{
     error::{DownloadError, Result},
     gguf_name,
     manifest::ModelFormat,
     reference::DEFAULT_QUANT,
 };
 
-pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
+pub use exo_engine::source::SAFETENSORS_INDEX;
 
 /// Settings and tokenizer files a safetensors model needs beside its weights, when present.
 pub const SIDE_FILES: &[&str] = &[

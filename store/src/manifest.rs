@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     error::{DownloadError, Result},
     hub::Sibling,
 };
@@ -130,7 +130,7 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> u64 {
 
 /// Reads architecture and quantization from a GGUF file's header (not its tensors).
 pub fn read_gguf_info(path: &Path) -> Option<GgufInfo> {
-    let header = crate::gguf::read_header(path)
+    let header = exo_engine::gguf::read_header(path)
         .map_err(|e| tracing::debug!("no GGUF header: {e}"))
         .ok()?;
     let meta = |k: &str| header.metadata.get(k);
@@ -138,7 +138,7 @@ pub fn read_gguf_info(path: &Path) -> Option<GgufInfo> {
     let quant = meta("general.file_type").and_then(|v| {
         let n = v.as_u64()? as u32;
         Some(
-            super::gguf_name::file_type_name(n)
+            crate::gguf_name::file_type_name(n)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("type {n}")),
         )

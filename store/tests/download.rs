@@ -14,12 +14,12 @@ use std::{
 
 use bytes::Bytes;
 use download_hub::{bytes_of, sha256, Data, Faults, MockHub};
-use exo_engine::download::{
+use exo_protocol::LayerRange;
+use exo_store::{
     parse_reference, AltError, AltSource, AltStream, DownloadError, DownloadTracker, Downloader,
     FileStatus, HubConfig, ModelFormat, ModelRef, ModelStore, Progress, PullOptions, RemoteFile,
     RepoInfo, RetryPolicy,
 };
-use exo_protocol::LayerRange;
 use futures_util::StreamExt;
 
 /// Every test's waits are bounded by this.
@@ -326,7 +326,7 @@ fn add_safetensors_repo(hub: &MockHub, repo: &str) {
     );
 }
 
-fn names(p: &exo_engine::download::PulledModel) -> Vec<&str> {
+fn names(p: &exo_store::PulledModel) -> Vec<&str> {
     p.files.iter().map(|f| f.name.as_str()).collect()
 }
 
@@ -859,7 +859,7 @@ async fn alternative_source_serves_files_without_the_hub() {
     let dl = downloader(&hub, home.path())
         .with_alt_source(peers.clone())
         .with_progress(tracker.clone())
-        .with_progress(Arc::new(move |p: &exo_engine::download::FileProgress| {
+        .with_progress(Arc::new(move |p: &exo_store::FileProgress| {
             if p.status == FileStatus::Downloading {
                 s2.lock().unwrap().push(p.source.clone());
             }

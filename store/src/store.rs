@@ -17,13 +17,13 @@ use std::path::{Component, Path, PathBuf};
 use exo_protocol::LayerRange;
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     error::{DownloadError, Result},
     hub::{LfsInfo, RepoInfo, Sibling},
     manifest::{
         mtime_ns, read_gguf_info, FileRecord, GgufInfo, Manifest, ModelFormat, OWN_FILE_PREFIX,
     },
-    part::sha256_file,
+    pull::land::sha256_file,
     reference::{catalog_names, HubRef, ModelRef},
     select::{self, Plan},
 };

@@ -12,7 +12,15 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::error::{DownloadError, Result};
+use bytes::Bytes;
+use futures_util::{stream::BoxStream, StreamExt};
+
+use super::{Downloader, PullCtx, PulledFile};
+use crate::{
+    error::{DownloadError, Result},
+    manifest::FileRecord,
+    progress::FileStatus,
+};
 
 /// What the finished file must be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -276,6 +284,127 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn sha256_file(path: &Path) -> Result<String> {
     let (h, _) = hash_prefix(path, u64::MAX, Sha256::new(), None)?;
     Ok(hex(&h.finalize()))
+}
+
+impl Downloader {
+    /// Streams `body` into the part, reporting progress. On a failure the bytes so far stay in
+    /// the part for the next attempt.
+    pub(super) async fn pump(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        mut writer: PartWriter,
+        mut body: BoxStream<'static, Result<Bytes>>,
+        total: Option<u64>,
+        source: &str,
+    ) -> Result<PartWriter> {
+        self.report(
+            ctx,
+            file,
+            writer.written,
+            total,
+            source,
+            FileStatus::Downloading,
+            None,
+        );
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    writer.keep().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = writer.write(&chunk).await {
+                writer.keep().await;
+                return Err(e);
+            }
+            self.report(
+                ctx,
+                file,
+                writer.written,
+                total,
+                source,
+                FileStatus::Downloading,
+                None,
+            );
+        }
+        if let Some(t) = total.filter(|t| writer.written < *t) {
+            let got = writer.written;
+            writer.keep().await;
+            return Err(DownloadError::Network {
+                url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
+                reason: format!("connection closed after {got} of {t} bytes from {source}"),
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Verifies the finished part, renames it into place and records it.
+    pub(super) async fn land(
+        &self,
+        ctx: &PullCtx<'_>,
+        file: &str,
+        part: &PartFile,
+        writer: PartWriter,
+        expected: &Expected,
+        source: &str,
+    ) -> Result<PulledFile> {
+        self.report(
+            ctx,
+            file,
+            writer.written,
+            expected.size,
+            source,
+            FileStatus::Verifying,
+            None,
+        );
+        let written = writer.finish().await?;
+        if let Some((want, got)) = written.mismatch(expected) {
+            part.discard().await;
+            return Err(DownloadError::Checksum {
+                repo: ctx.repo.into(),
+                file: file.into(),
+                source_name: source.into(),
+                expected: want,
+                actual: got,
+            });
+        }
+        part.commit().await?;
+        let rec = FileRecord {
+            size: written.size,
+            sha256: written.sha256.clone(),
+            etag: expected.git_sha1.clone().or(expected.sha256.clone()),
+            commit: ctx.info.sha.clone(),
+            source: source.into(),
+            mtime_ns: 0,
+            gguf: None,
+        };
+        self.record(ctx, file, rec).await?;
+        tracing::info!(
+            repo = ctx.repo,
+            file,
+            bytes = written.size,
+            source,
+            "downloaded"
+        );
+        self.report(
+            ctx,
+            file,
+            written.size,
+            Some(written.size),
+            source,
+            FileStatus::Done,
+            None,
+        );
+        Ok(PulledFile {
+            name: file.into(),
+            size: written.size,
+            sha256: written.sha256,
+            source: source.into(),
+            fetched: true,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::{
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::progress::{FileProgress, FileStatus, Progress};
+use crate::progress::{FileProgress, FileStatus, Progress};
 
 pub struct TerminalReporter {
     mode: Mode,
@@ -81,7 +81,7 @@ fn style() -> ProgressStyle {
 
 fn label(p: &FileProgress) -> String {
     let name = p.file.rsplit('/').next().unwrap_or(&p.file);
-    if p.source == super::progress::SOURCE_HUB {
+    if p.source == crate::progress::SOURCE_HUB {
         name.to_string()
     } else {
         format!("{name} (peer {})", short(&p.source))
@@ -238,7 +238,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::download::progress::SOURCE_HUB;
+    use crate::progress::SOURCE_HUB;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);

@@ -20,7 +20,7 @@ use reqwest::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::error::{DownloadError, Result};
+use crate::error::{DownloadError, Result};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 

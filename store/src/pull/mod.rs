@@ -1,20 +1,24 @@
 //! Pulling a model into the store: list the revision, pick the files this node needs, and fetch
 //! each (at most 8 at once) from an alternative source (peers) when one has it, else from the
-//! hub, with resume, retries and sha256 verification.
+//! hub, with resume, retries and sha256 verification. `hub` fetches from the hub, `peer` from an
+//! [`AltSource`], and `land` turns the bytes of either into a verified file in the store.
+
+mod hub;
+pub mod land;
+mod peer;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use exo_protocol::LayerRange;
-use futures_util::{stream::BoxStream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    alt::AltSource,
+use self::land::{is_hex, Expected, PartFile};
+pub use self::peer::{AltError, AltSource, AltStream, RemoteFile};
+use crate::{
     error::{DownloadError, Result},
-    hub::{HubClient, HubConfig, Opened, RepoInfo},
+    hub::{HubClient, HubConfig, RepoInfo},
     manifest::{FileRecord, Manifest, ModelFormat},
-    part::{Expected, PartFile, PartWriter},
     progress::{Fanout, FileProgress, FileStatus, Progress, SOURCE_HUB},
     reference::{catalog_names, HubRef, ModelRef},
     select::{self, Plan},
@@ -409,240 +413,6 @@ impl Downloader {
         self.fetch_from_hub(ctx, file, &known, &part).await
     }
 
-    async fn fetch_from_alt(
-        &self,
-        alt: &dyn AltSource,
-        ctx: &PullCtx<'_>,
-        file: &str,
-        known: &Expected,
-        part: &PartFile,
-    ) -> Result<Option<PulledFile>> {
-        let Some(remote) = alt.locate(ctx.repo, file).await else {
-            return Ok(None);
-        };
-        let remote_sha = remote.sha256.to_ascii_lowercase();
-        if known.sha256.as_ref().is_some_and(|s| *s != remote_sha)
-            || known.size.is_some_and(|s| s != remote.size)
-        {
-            tracing::debug!(repo = ctx.repo, file, "peers hold another version");
-            return Ok(None);
-        }
-        let expected = Expected {
-            sha256: Some(remote_sha),
-            git_sha1: None,
-            size: Some(remote.size),
-        };
-        let tag = expected.tag();
-        let (mut offset, part_tag) = part.existing().await;
-        if offset > 0 && (part_tag != tag || offset > remote.size) {
-            part.discard().await;
-            offset = 0;
-        }
-        let alt_err = |source: &str, reason: String| DownloadError::Alt {
-            repo: ctx.repo.into(),
-            file: file.into(),
-            source_name: source.into(),
-            reason,
-        };
-        let stream = alt
-            .fetch_range(ctx.repo, file, &remote, offset)
-            .await
-            .map_err(|e| alt_err("alternative source", e.to_string()))?;
-        let source = stream.source.clone();
-        let (repo, name, src) = (ctx.repo.to_string(), file.to_string(), source.clone());
-        let body = stream
-            .bytes
-            .map_err(move |e| DownloadError::Alt {
-                repo: repo.clone(),
-                file: name.clone(),
-                source_name: src.clone(),
-                reason: e.to_string(),
-            })
-            .boxed();
-        let writer = part.open(offset, tag.as_deref(), &expected).await?;
-        let writer = self
-            .pump(ctx, file, writer, body, Some(remote.size), &source)
-            .await?;
-        self.land(ctx, file, part, writer, &expected, &source)
-            .await
-            .map(Some)
-    }
-
-    /// The hub, with retries for transient failures; each retry resumes from the `.part`.
-    async fn fetch_from_hub(
-        &self,
-        ctx: &PullCtx<'_>,
-        file: &str,
-        known: &Expected,
-        part: &PartFile,
-    ) -> Result<PulledFile> {
-        let mut failures = 0;
-        let mut restarts = 0;
-        loop {
-            let before = part.existing().await.0;
-            match self.hub_attempt(ctx, file, known, part).await {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {
-                    restarts += 1;
-                    if restarts > 3 {
-                        return Err(DownloadError::Protocol {
-                            url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
-                            reason: "the file kept changing while downloading".into(),
-                        });
-                    }
-                }
-                Err(e) if e.is_transient() => {
-                    if part.existing().await.0 > before {
-                        failures = 0;
-                    } else {
-                        failures += 1;
-                    }
-                    if failures >= self.retry.max_attempts {
-                        return Err(DownloadError::RetriesExhausted {
-                            repo: ctx.repo.into(),
-                            file: file.into(),
-                            attempts: failures,
-                            last: Box::new(e),
-                        });
-                    }
-                    let delay = self.retry.delay(failures);
-                    tracing::warn!(repo = ctx.repo, file, "{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One request to the hub. `Ok(None)`: the `.part` was of another version and is gone; go
-    /// again from the start.
-    async fn hub_attempt(
-        &self,
-        ctx: &PullCtx<'_>,
-        file: &str,
-        known: &Expected,
-        part: &PartFile,
-    ) -> Result<Option<PulledFile>> {
-        let (mut offset, part_tag) = part.existing().await;
-        let stale = match (&known.tag(), &part_tag) {
-            (_, None) => true,
-            (Some(k), Some(p)) => k != p,
-            (None, Some(_)) => false,
-        };
-        if offset > 0 && (stale || known.size.is_some_and(|s| offset > s)) {
-            part.discard().await;
-            offset = 0;
-        }
-        let held = self.held_etag(ctx, file).await;
-        match self
-            .hub
-            .open(ctx.repo, ctx.revision, file, offset, held.as_deref())
-            .await?
-        {
-            Opened::Held { meta } => {
-                let expected = Expected::from_etag(meta.etag.as_deref(), meta.size);
-                match self.unchanged(ctx, file, &expected, &meta.commit).await? {
-                    Some(f) => Ok(Some(f)),
-                    None => Err(DownloadError::Protocol {
-                        url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
-                        reason: "the held copy changed while checking it".into(),
-                    }),
-                }
-            }
-            Opened::RangeNotSatisfiable { meta, total } => {
-                let expected = merge(
-                    known,
-                    Expected::from_etag(meta.etag.as_deref(), meta.size.or(total)),
-                );
-                if offset > 0 && total == Some(offset) && part_tag == expected.tag() {
-                    // The part was complete; only the rename was missing.
-                    let writer = part.open(offset, part_tag.as_deref(), &expected).await?;
-                    return self
-                        .land(ctx, file, part, writer, &expected, SOURCE_HUB)
-                        .await
-                        .map(Some);
-                }
-                part.discard().await;
-                Ok(None)
-            }
-            Opened::Body {
-                meta,
-                start,
-                total,
-                body,
-            } => {
-                let size = meta.size.or(total);
-                let expected = merge(known, Expected::from_etag(meta.etag.as_deref(), size));
-                let tag = expected.tag();
-                if let Some(f) = self.unchanged(ctx, file, &expected, &meta.commit).await? {
-                    return Ok(Some(f));
-                }
-                if start > 0 && part_tag != tag {
-                    drop(body);
-                    part.discard().await;
-                    return Ok(None);
-                }
-                if !expected.is_verifiable() {
-                    tracing::warn!(
-                        repo = ctx.repo,
-                        file,
-                        "the hub gave no hash; the file cannot be verified"
-                    );
-                }
-                if start == 0 && offset > 0 {
-                    tracing::info!(
-                        repo = ctx.repo,
-                        file,
-                        "server ignored the range; starting over"
-                    );
-                }
-                let writer = part.open(start, tag.as_deref(), &expected).await?;
-                let writer = self
-                    .pump(ctx, file, writer, body, expected.size, SOURCE_HUB)
-                    .await?;
-                self.land(ctx, file, part, writer, &expected, SOURCE_HUB)
-                    .await
-                    .map(Some)
-            }
-        }
-    }
-
-    /// The hub etag of the copy held, if it is intact on disk.
-    async fn held_etag(&self, ctx: &PullCtx<'_>, file: &str) -> Option<String> {
-        let rec = ctx.manifest.as_ref()?.files.get(file)?;
-        let dest = self.store.file_path(ctx.repo, file).ok()?;
-        let on_disk = tokio::fs::metadata(&dest)
-            .await
-            .is_ok_and(|m| m.len() == rec.size);
-        on_disk.then(|| rec.etag.clone()).flatten()
-    }
-
-    /// When the revision moved but this file did not (same hash as held), keeps the held copy.
-    async fn unchanged(
-        &self,
-        ctx: &PullCtx<'_>,
-        file: &str,
-        expected: &Expected,
-        commit: &Option<String>,
-    ) -> Result<Option<PulledFile>> {
-        let Some(rec) = ctx.manifest.as_ref().and_then(|m| m.files.get(file)) else {
-            return Ok(None);
-        };
-        let same = expected.sha256.as_ref().is_some_and(|s| *s == rec.sha256)
-            || expected.git_sha1.is_some() && expected.git_sha1 == rec.etag;
-        let dest = self.store.file_path(ctx.repo, file)?;
-        let on_disk = tokio::fs::metadata(&dest)
-            .await
-            .is_ok_and(|m| m.len() == rec.size);
-        if !(same && on_disk) {
-            return Ok(None);
-        }
-        let mut rec = rec.clone();
-        rec.commit = commit.clone().or(ctx.info.sha.clone());
-        self.record(ctx, file, rec.clone()).await?;
-        Ok(Some(self.already_held(ctx, file, rec)))
-    }
-
     /// A file the store already holds intact: reported as cached, nothing fetched.
     fn already_held(&self, ctx: &PullCtx<'_>, file: &str, rec: FileRecord) -> PulledFile {
         self.report(
@@ -661,125 +431,6 @@ impl Downloader {
             source: rec.source,
             fetched: false,
         }
-    }
-
-    /// Streams `body` into the part, reporting progress. On a failure the bytes so far stay in
-    /// the part for the next attempt.
-    async fn pump(
-        &self,
-        ctx: &PullCtx<'_>,
-        file: &str,
-        mut writer: PartWriter,
-        mut body: BoxStream<'static, Result<Bytes>>,
-        total: Option<u64>,
-        source: &str,
-    ) -> Result<PartWriter> {
-        self.report(
-            ctx,
-            file,
-            writer.written,
-            total,
-            source,
-            FileStatus::Downloading,
-            None,
-        );
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    writer.keep().await;
-                    return Err(e);
-                }
-            };
-            if let Err(e) = writer.write(&chunk).await {
-                writer.keep().await;
-                return Err(e);
-            }
-            self.report(
-                ctx,
-                file,
-                writer.written,
-                total,
-                source,
-                FileStatus::Downloading,
-                None,
-            );
-        }
-        if let Some(t) = total.filter(|t| writer.written < *t) {
-            let got = writer.written;
-            writer.keep().await;
-            return Err(DownloadError::Network {
-                url: self.hub.file_url(ctx.repo, ctx.revision, file).to_string(),
-                reason: format!("connection closed after {got} of {t} bytes from {source}"),
-            });
-        }
-        Ok(writer)
-    }
-
-    /// Verifies the finished part, renames it into place and records it.
-    async fn land(
-        &self,
-        ctx: &PullCtx<'_>,
-        file: &str,
-        part: &PartFile,
-        writer: PartWriter,
-        expected: &Expected,
-        source: &str,
-    ) -> Result<PulledFile> {
-        self.report(
-            ctx,
-            file,
-            writer.written,
-            expected.size,
-            source,
-            FileStatus::Verifying,
-            None,
-        );
-        let written = writer.finish().await?;
-        if let Some((want, got)) = written.mismatch(expected) {
-            part.discard().await;
-            return Err(DownloadError::Checksum {
-                repo: ctx.repo.into(),
-                file: file.into(),
-                source_name: source.into(),
-                expected: want,
-                actual: got,
-            });
-        }
-        part.commit().await?;
-        let rec = FileRecord {
-            size: written.size,
-            sha256: written.sha256.clone(),
-            etag: expected.git_sha1.clone().or(expected.sha256.clone()),
-            commit: ctx.info.sha.clone(),
-            source: source.into(),
-            mtime_ns: 0,
-            gguf: None,
-        };
-        self.record(ctx, file, rec).await?;
-        tracing::info!(
-            repo = ctx.repo,
-            file,
-            bytes = written.size,
-            source,
-            "downloaded"
-        );
-        self.report(
-            ctx,
-            file,
-            written.size,
-            Some(written.size),
-            source,
-            FileStatus::Done,
-            None,
-        );
-        Ok(PulledFile {
-            name: file.into(),
-            size: written.size,
-            sha256: written.sha256,
-            source: source.into(),
-            fetched: true,
-        })
     }
 
     async fn record(&self, ctx: &PullCtx<'_>, file: &str, rec: FileRecord) -> Result<()> {
@@ -837,24 +488,9 @@ fn known(info: &RepoInfo, file: &str) -> Expected {
         },
         None => Expected {
             sha256: None,
-            git_sha1: s.blob_id.clone().filter(|b| super::part::is_hex(b, 40)),
+            git_sha1: s.blob_id.clone().filter(|b| is_hex(b, 40)),
             size: s.size,
         },
-    }
-}
-
-/// The response's own metadata wins over the listing's (it is what is being downloaded).
-fn merge(known: &Expected, from_response: Expected) -> Expected {
-    let sha256 = from_response.sha256.or(known.sha256.clone());
-    let git_sha1 = if sha256.is_some() {
-        None
-    } else {
-        from_response.git_sha1.or(known.git_sha1.clone())
-    };
-    Expected {
-        sha256,
-        git_sha1,
-        size: from_response.size.or(known.size),
     }
 }
 
@@ -895,20 +531,5 @@ mod tests {
         assert!(d[0] >= Duration::from_millis(100) && d[0] <= Duration::from_millis(125));
         assert!(d[2] >= Duration::from_millis(400) && d[2] <= Duration::from_millis(500));
         assert!(d[5] >= Duration::from_secs(1) && d[5] <= Duration::from_millis(1250));
-    }
-
-    #[test]
-    fn response_metadata_wins() {
-        let known = Expected {
-            sha256: Some("a".repeat(64)),
-            git_sha1: None,
-            size: Some(3),
-        };
-        let resp = Expected::from_etag(Some(&"b".repeat(64)), Some(4));
-        let m = merge(&known, resp);
-        assert_eq!(m.sha256, Some("b".repeat(64)));
-        assert_eq!(m.size, Some(4));
-        let m = merge(&known, Expected::default());
-        assert_eq!(m, known);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{fmt, path::PathBuf};
 
-use super::catalog;
+use crate::catalog;
 
 /// The quantization picked from a GGUF repo when the reference names none.
 pub const DEFAULT_QUANT: &str = "Q4_K_M";
