@@ -9,7 +9,7 @@ use exo_protocol::LayerRange;
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
-    layers::{last_position, Block, EmbedTable, Embedding, Head, Linear, MoeSpec, Rope, Weights},
+    layers::{last_position, Block, EmbedTable, Embedding, Head, Linear, Weights},
     models,
     source::Source,
     spec::Spec,
