@@ -217,10 +217,10 @@ mod tests {
 
     #[test]
     fn existing_path_wins_over_repo_syntax() {
-        // Unit tests run in the crate's directory, where `src/download` exists.
+        // Unit tests run in the crate's directory, where `src/pull` exists.
         assert_eq!(
-            parse_reference("src/download"),
-            ModelRef::Local(PathBuf::from("src/download"))
+            parse_reference("src/pull"),
+            ModelRef::Local(PathBuf::from("src/pull"))
         );
     }
 
