@@ -1,7 +1,9 @@
-//! Model files over the mesh (`/exo-p2p/files/1`): this node serves the files it holds, and
-//! [`PeerFiles`] lets the downloader fetch from peers before the hub, so a LAN downloads a model
-//! from the internet once. Bytes from a peer go through the downloader's sha256 check like the
-//! hub's.
+//! Model files over the mesh (`/exo-p2p/files/1`): this node serves the files it holds whole, in
+//! chunks at any offset, and [`PeerFiles`] lets the downloader fetch whole files or byte ranges
+//! (a shard's tensors) from peers before the hub, so a LAN downloads a model from the internet
+//! once. Whole files from a peer go through the downloader's sha256 check like the hub's; a
+//! range is checked for its length, from a peer that holds the file at the listed sha256.
+//! Files held only in part are not offered.
 
 use std::{
     io::{Read, Seek, SeekFrom},
@@ -177,16 +179,17 @@ impl AltSource for PeerFiles {
         repo: &str,
         file: &str,
         remote: &RemoteFile,
-        offset: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<AltStream, AltError> {
         let (peer, _) = self
             .holders(repo, Some(file))
             .into_iter()
             .find(|(_, f)| f.as_ref().is_some_and(|f| f.sha256 == remote.sha256))
             .ok_or("no peer holds this version of the file")?;
-        tracing::info!(repo, file, %peer, offset, "downloading from a peer");
+        tracing::info!(repo, file, %peer, start = range.start, end = range.end, "downloading from a peer");
         let chunk = MAX_CHUNK_BYTES as u64;
-        let offsets = (offset..remote.size).step_by(chunk as usize);
+        let end = range.end.min(remote.size);
+        let offsets = (range.start..end).step_by(chunk as usize);
         let (client, repo, file) = (self.client.clone(), repo.to_string(), file.to_string());
         // Four chunk requests in flight keep a LAN link busy.
         let bytes = stream::iter(offsets)
@@ -197,7 +200,7 @@ impl AltSource for PeerFiles {
                         repo,
                         file,
                         offset: off,
-                        len: chunk as u32,
+                        len: chunk.min(end - off) as u32,
                     });
                     match client.file_request(peer, req).await {
                         Ok(FileResponse {

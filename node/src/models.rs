@@ -114,8 +114,9 @@ impl Fetcher {
             .await
     }
 
-    /// Makes the weight files holding `range` of `hub` (a safetensors model) available, from
-    /// the store, peers or the hub. Returns the names of the files it had to fetch.
+    /// Makes the weights of `range` of `hub` available (the safetensors files holding it, or
+    /// the byte ranges of a GGUF model's parts), from the store, peers or the hub. Returns the
+    /// names of the files it had to fetch (whole or in part).
     pub async fn shard_files(&self, hub: &HubRef, range: LayerRange) -> Result<Vec<String>> {
         let r = ModelRef::Hub(hub.clone());
         let (store, r2) = (self.store.clone(), r.clone());
@@ -141,12 +142,16 @@ impl Fetcher {
             pulled
                 .files
                 .iter()
-                .filter(|f| f.name.ends_with(".safetensors") && (f.fetched || !fetched))
+                .filter(|f| {
+                    let weights = f.name.ends_with(".safetensors") || f.name.ends_with(".gguf");
+                    weights && (f.fetched || !fetched)
+                })
                 .map(|f| f.name.clone())
                 .collect()
         };
         let fetched = weights(true);
-        tracing::info!(repo = %hub.repo, %range, files = ?weights(false), ?fetched, "weight files for the layers are here");
+        let bytes = pulled.fetched_bytes();
+        tracing::info!(repo = %hub.repo, %range, files = ?weights(false), ?fetched, bytes, "weights for the layers are here");
         Ok(fetched)
     }
 }
@@ -202,9 +207,11 @@ impl ModelRegistry {
         })
     }
 
-    /// Records that the weights of model `id` (a safetensors directory) come from `hub`.
+    /// Records that the weights of model `id` come from `hub`: the node holds its description
+    /// (a safetensors model's settings and index, a GGUF model's headers) and fetches a layer
+    /// range's weights when it is given one.
     pub fn fetch_from(&mut self, id: &str, hub: HubRef) {
-        if let Some(m) = self.models.get_mut(id).filter(|m| m.path.is_dir()) {
+        if let Some(m) = self.models.get_mut(id) {
             m.hub = Some(hub);
         }
     }
@@ -258,10 +265,11 @@ pub async fn command(cmd: crate::cli::ModelsCommand) -> Result<()> {
                         (g.arch.as_str(), g.quant.as_deref().unwrap_or("?"))
                     });
                     println!(
-                        "{:<48} {:>9}  {arch:<8} {quant:<8} {}",
+                        "{:<48} {:>9}  {arch:<8} {quant:<8} {}{}",
                         m.repo,
                         human(f.size),
-                        m.dir.join(&f.name).display()
+                        m.dir.join(&f.name).display(),
+                        held(f.partial.as_ref())
                     );
                 }
                 if !m.files.iter().any(|f| f.name.ends_with(".gguf")) {
@@ -304,6 +312,26 @@ pub async fn command(cmd: crate::cli::ModelsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What of a GGUF file is here: nothing to say for a whole one.
+fn held(partial: Option<&exo_store::Partial>) -> String {
+    let Some(p) = partial else {
+        return String::new();
+    };
+    if p.layers.is_empty() {
+        return "  (partial: header only)".into();
+    }
+    let layers: Vec<String> = p
+        .layers
+        .iter()
+        .map(|l| format!("{}..{}", l.start, l.end))
+        .collect();
+    format!(
+        "  (partial: layers {} of {})",
+        layers.join(", "),
+        p.layers[0].n_layers
+    )
 }
 
 fn human(bytes: u64) -> String {

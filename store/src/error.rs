@@ -57,6 +57,12 @@ pub enum DownloadError {
     },
     #[error("unexpected response from {url}: {reason}")]
     Protocol { url: String, reason: String },
+    #[error("{file} of {repo} is not a usable GGUF file: {reason}")]
+    BadGguf {
+        repo: String,
+        file: String,
+        reason: String,
+    },
     #[error("no GGUF file with quantization {quant} in {repo}; available: {available}")]
     QuantNotFound {
         repo: String,

@@ -216,23 +216,30 @@ impl HubClient {
         })
     }
 
-    /// Opens `file` from byte `offset` on (`Range: bytes=offset-`), following redirects; stops
-    /// early with `Opened::Held` when the hub names the etag `held` (the version already here).
+    /// Opens bytes `range` of `file` (`Range: bytes=start-` when it runs to `u64::MAX`, else
+    /// `bytes=start-last`), following redirects; stops early with `Opened::Held` when the hub
+    /// names the etag `held` (the version already here).
     pub(crate) async fn open(
         &self,
         repo: &str,
         revision: &str,
         file: &str,
-        offset: u64,
+        range: std::ops::Range<u64>,
         held: Option<&str>,
     ) -> Result<Opened> {
+        let offset = range.start;
+        let asked = match range.end {
+            u64::MAX if offset == 0 => None,
+            u64::MAX => Some(format!("bytes={offset}-")),
+            end => Some(format!("bytes={offset}-{}", end.saturating_sub(1))),
+        };
         let first = self.file_url(repo, revision, file);
         let mut url = first.clone();
         let mut meta = FileMeta::default();
         for hop in 0..10 {
             let mut req = self.authorize(self.http.get(url.clone()), &url);
-            if offset > 0 {
-                req = req.header(RANGE, format!("bytes={offset}-"));
+            if let Some(r) = &asked {
+                req = req.header(RANGE, r);
             }
             tracing::debug!(%url, offset, hop, "GET");
             let resp = req.send().await.map_err(|e| network(&url, &e))?;

@@ -24,7 +24,7 @@ pub mod store;
 pub use catalog::{CatalogEntry, CATALOG};
 pub use error::DownloadError;
 pub use hub::{FileMeta, HubClient, HubConfig, LfsInfo, RepoInfo, Sibling, DEFAULT_ENDPOINT};
-pub use manifest::{FileRecord, GgufInfo, Manifest, ModelFormat};
+pub use manifest::{FileRecord, GgufInfo, Manifest, ModelFormat, Partial};
 pub use progress::{
     DownloadTracker, DownloadsSnapshot, Fanout, FileProgress, FileStatus, Progress, SOURCE_HUB,
 };
@@ -34,4 +34,4 @@ pub use pull::{
 };
 pub use reference::{parse_reference, HubRef, ModelRef, DEFAULT_QUANT, DEFAULT_REVISION};
 pub use reporter::TerminalReporter;
-pub use store::{HeldFile, LocalFile, LocalModel, ModelStore, Removed};
+pub use store::{HeldFile, LocalFile, LocalModel, ModelStore, Need, Removed};

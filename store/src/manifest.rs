@@ -9,6 +9,7 @@ use std::{
     time::UNIX_EPOCH,
 };
 
+use exo_protocol::LayerRange;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -44,7 +45,8 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub size: u64,
-    /// Lower-case hex sha256 of the file's bytes.
+    /// Lower-case hex sha256 of the file's bytes (of a [`Partial`] file: what the listing says
+    /// the whole file's is; its bytes cannot be checked against it).
     pub sha256: String,
     /// The hub's etag when it came from the hub: the sha256 for LFS files, the git blob sha1
     /// otherwise.
@@ -59,6 +61,49 @@ pub struct FileRecord {
     pub mtime_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf: Option<GgufInfo>,
+    /// Set when only some byte ranges of a GGUF file are here (a node that runs some layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+}
+
+impl FileRecord {
+    /// All of the file is here (and was verified against its sha256).
+    pub fn is_whole(&self) -> bool {
+        self.partial.is_none()
+    }
+}
+
+/// A GGUF file held in part: a sparse file of the full size in which only `held` is written
+/// (the header, and the tensors of `layers`), so the engine opens it as usual and reads only
+/// the tensors of those layers. Nothing but the header's parse and the sizes checks its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Byte ranges written, sorted and disjoint, as `[start, end)`.
+    pub held: Vec<[u64; 2]>,
+    /// The layer ranges whose tensors are all in `held` (none: the header only).
+    #[serde(default)]
+    pub layers: Vec<LayerRange>,
+}
+
+impl Partial {
+    pub fn ranges(&self) -> Vec<std::ops::Range<u64>> {
+        self.held.iter().map(|[a, b]| *a..*b).collect()
+    }
+
+    /// Adds `r` to what is held.
+    pub fn add(&mut self, r: std::ops::Range<u64>) {
+        let mut all = self.ranges();
+        all.push(r);
+        self.held = crate::select::merge(all, 0)
+            .into_iter()
+            .map(|r| [r.start, r.end])
+            .collect();
+    }
+
+    /// Bytes written.
+    pub fn bytes(&self) -> u64 {
+        self.held.iter().map(|[a, b]| b - a).sum()
+    }
 }
 
 /// What a GGUF header says about the model.

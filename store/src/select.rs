@@ -2,8 +2,12 @@
 //! quantization tag, or a safetensors model's weights — only the shards holding a layer range
 //! when the node runs one — plus its config and tokenizer files.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Range,
+};
 
+use exo_engine::gguf::Header;
 use exo_protocol::LayerRange;
 
 use crate::{
@@ -11,6 +15,7 @@ use crate::{
     gguf_name,
     manifest::ModelFormat,
     reference::DEFAULT_QUANT,
+    store::Need,
 };
 
 pub use exo_engine::source::SAFETENSORS_INDEX;
@@ -49,6 +54,14 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// The safetensors index to read before the weights can be picked.
+    pub fn index(&self) -> Option<&str> {
+        match self {
+            Plan::Safetensors { index, .. } => index.as_deref(),
+            Plan::Gguf { .. } => None,
+        }
+    }
+
     pub fn format(&self) -> ModelFormat {
         match self {
             Plan::Gguf { .. } => ModelFormat::Gguf,
@@ -185,8 +198,55 @@ pub fn layer_of(tensor: &str) -> Option<u32> {
     before_ok.then(|| n.parse().ok()).flatten()
 }
 
-fn is_embedding(tensor: &str) -> bool {
-    tensor.contains("embed_tokens") || tensor.contains("embed_in") || tensor.contains("wte.")
+/// What part of a model a tensor belongs to, by its GGUF or Hugging Face name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Layer(u32),
+    Embedding,
+    /// The final norm and the output projection.
+    Head,
+    /// Anything else outside the blocks (Llama 3's `rope_freqs`): small, read by every stage.
+    Other,
+}
+
+fn role(tensor: &str) -> Role {
+    if let Some(l) = layer_of(tensor).or_else(|| {
+        let rest = tensor.strip_prefix("blk.")?;
+        rest.split('.').next()?.parse().ok()
+    }) {
+        return Role::Layer(l);
+    }
+    let embedding = tensor.starts_with("token_embd.")
+        || tensor.contains("embed_tokens")
+        || tensor.contains("embed_in")
+        || tensor.contains("wte.");
+    let head = tensor.starts_with("output.")
+        || tensor.starts_with("output_norm.")
+        || tensor.contains("lm_head")
+        || tensor.ends_with("norm.weight");
+    match () {
+        _ if embedding => Role::Embedding,
+        _ if head => Role::Head,
+        _ => Role::Other,
+    }
+}
+
+/// Whether the stage running `range` reads `tensor`: its blocks, the embedding for the first
+/// stage, the final norm and head (and the embedding, when the head is `tied` to it) for the last.
+/// The one rule for both formats: it picks safetensors shards and GGUF byte ranges alike.
+pub fn stage_reads(tensor: &str, range: &LayerRange, tied: bool) -> bool {
+    match role(tensor) {
+        Role::Layer(i) => range.start <= i && i < range.end,
+        Role::Embedding => range.is_first() || (range.is_last() && tied),
+        Role::Head => range.is_last(),
+        Role::Other => true,
+    }
+}
+
+/// Whether a model with these tensors has no output projection of its own (ties it to the
+/// embedding).
+pub fn is_tied<'a>(mut tensors: impl Iterator<Item = &'a str>) -> bool {
+    !tensors.any(|t| t.starts_with("output.") || t.contains("lm_head"))
 }
 
 /// The weight files holding `range`'s layers, plus the embedding for the first shard and the
@@ -207,20 +267,103 @@ pub fn files_for_layers(repo: &str, index_json: &[u8], range: &LayerRange) -> Re
             ),
         });
     }
-    let tied = !map.keys().any(|t| t.contains("lm_head"));
-    let mut files = BTreeSet::new();
-    for (tensor, file) in &map {
-        let wanted = match layer_of(tensor) {
-            Some(i) => range.start <= i && i < range.end,
-            None if is_embedding(tensor) => range.is_first() || (range.is_last() && tied),
-            // Final norm, lm_head and anything else outside the blocks.
-            None => range.is_last(),
-        };
-        if wanted {
-            files.insert(file.clone());
+    let tied = is_tied(map.keys().map(String::as_str));
+    let files: BTreeSet<String> = map
+        .iter()
+        .filter(|(tensor, _)| stage_reads(tensor, range, tied))
+        .map(|(_, file)| file.clone())
+        .collect();
+    Ok(files.into_iter().collect())
+}
+
+/// The files of `plan` that `need` wants, with the path to open (relative to the model's
+/// directory; empty: the directory). `index` is the safetensors index's bytes when the plan has
+/// one (read or fetched by the caller first). GGUF parts are all wanted: which of their bytes
+/// is [`gguf_ranges`]' question. The one answer for a pull and for the store's "is it here?".
+pub(crate) fn wanted(
+    repo: &str,
+    plan: &Plan,
+    index: Option<&[u8]>,
+    need: Need,
+) -> Result<(String, Vec<String>)> {
+    match plan {
+        Plan::Gguf { files, .. } => Ok((files[0].clone(), files.clone())),
+        Plan::Safetensors { weights, side, .. } => {
+            let weights = match index {
+                Some(bytes) => match need {
+                    Need::Layers(r) => files_for_layers(repo, bytes, &r)?,
+                    Need::All => indexed_files(repo, bytes)?,
+                    Need::Metadata => Vec::new(),
+                },
+                None => weights.clone(),
+            };
+            let mut wanted = side.clone();
+            wanted.extend(weights);
+            Ok((String::new(), wanted))
         }
     }
-    Ok(files.into_iter().collect())
+}
+
+/// The byte ranges of one GGUF file (a whole model or one part) that `need` wants, sorted and
+/// merged: the header always, then every tensor (`All`), or those a stage running the layers
+/// reads (`tied`: of the whole model, see [`is_tied`]).
+pub fn gguf_ranges(header: &Header, need: Need, tied: bool) -> Vec<Range<u64>> {
+    let mut out = Vec::with_capacity(header.tensors.len() + 1);
+    out.push(0..header.data_offset);
+    for t in &header.tensors {
+        let wanted = match need {
+            Need::All => true,
+            Need::Metadata => false,
+            Need::Layers(r) => stage_reads(&t.name, &r, tied),
+        };
+        if wanted {
+            out.push(header.range(t));
+        }
+    }
+    merge(out, header.alignment)
+}
+
+/// [`gguf_ranges`] for each part of a model (`headers` in part order): whether the head is
+/// tied is a question about all of them.
+pub fn gguf_wants(headers: &[&Header], need: Need) -> Vec<Vec<Range<u64>>> {
+    let tied = is_tied(
+        headers
+            .iter()
+            .flat_map(|h| h.tensors.iter().map(|t| t.name.as_str())),
+    );
+    headers.iter().map(|h| gguf_ranges(h, need, tied)).collect()
+}
+
+/// Sorts and merges ranges, joining those apart by less than `gap` (alignment padding).
+pub fn merge(mut ranges: Vec<Range<u64>>, gap: u64) -> Vec<Range<u64>> {
+    ranges.retain(|r| r.start < r.end);
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end + gap => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The parts of `wanted` not in `held` (both sorted and merged).
+pub fn missing(wanted: &[Range<u64>], held: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let mut at = w.start;
+        for h in held.iter().filter(|h| h.end > w.start && h.start < w.end) {
+            if h.start > at {
+                out.push(at..h.start);
+            }
+            at = at.max(h.end);
+        }
+        if at < w.end {
+            out.push(at..w.end);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -316,6 +459,37 @@ mod tests {
             plan("a/b", &names(&["README.md"]), None),
             Err(DownloadError::NoModelFiles { .. })
         ));
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn ranges_merge_and_subtract() {
+        assert_eq!(
+            merge(vec![10..20, 0..5, 6..8, 20..30], 1),
+            vec![0..8, 10..30]
+        );
+        assert_eq!(merge(vec![0..5, 7..9], 0), vec![0..5, 7..9]);
+        let held = [0..5, 10..12];
+        assert_eq!(missing(&[0..20], &held), vec![5..10, 12..20]);
+        assert_eq!(missing(&[2..4, 10..12], &held), Vec::<Range<u64>>::new());
+        assert_eq!(missing(&[3..11], &held), vec![5..10]);
+    }
+
+    #[test]
+    fn stages_read_their_blocks_and_the_ends() {
+        let first = LayerRange::new(0, 2, 4);
+        let last = LayerRange::new(2, 4, 4);
+        assert!(stage_reads("blk.1.attn_q.weight", &first, true));
+        assert!(!stage_reads("blk.2.attn_q.weight", &first, true));
+        assert!(stage_reads("token_embd.weight", &first, false));
+        assert!(!stage_reads("token_embd.weight", &last, false));
+        assert!(stage_reads("token_embd.weight", &last, true));
+        assert!(stage_reads("output_norm.weight", &last, true));
+        assert!(!stage_reads("output.weight", &first, false));
+        // Small tensors outside the blocks (rope factors) go to every stage.
+        assert!(stage_reads("rope_freqs.weight", &first, false));
+        assert!(is_tied(["token_embd.weight", "blk.0.x"].into_iter()));
+        assert!(!is_tied(["output.weight"].into_iter()));
     }
 
     #[test]

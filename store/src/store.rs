@@ -21,7 +21,8 @@ use crate::{
     error::{DownloadError, Result},
     hub::{LfsInfo, RepoInfo, Sibling},
     manifest::{
-        mtime_ns, read_gguf_info, FileRecord, GgufInfo, Manifest, ModelFormat, OWN_FILE_PREFIX,
+        mtime_ns, read_gguf_info, FileRecord, GgufInfo, Manifest, ModelFormat, Partial,
+        OWN_FILE_PREFIX,
     },
     pull::land::sha256_file,
     reference::{catalog_names, HubRef, ModelRef},
@@ -30,14 +31,15 @@ use crate::{
 
 const LOCK_FILE: &str = ".exo-lock";
 
-/// Which weight files of an indexed safetensors model are wanted (GGUF files are always whole,
-/// and so are the weights of a safetensors model without an index).
+/// What of a model a node wants: the weight files of an indexed safetensors model holding some
+/// layers, or the byte ranges of a GGUF model's parts holding them (the weights of a safetensors
+/// model without an index are always whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need {
+pub enum Need {
     All,
-    /// The files holding these layers.
+    /// The files (safetensors) or byte ranges (GGUF) holding these layers.
     Layers(LayerRange),
-    /// None: only the settings, tokenizer and index.
+    /// No weights: a safetensors model's settings, tokenizer and index; a GGUF model's headers.
     Metadata,
 }
 
@@ -76,6 +78,9 @@ pub struct LocalFile {
     pub source: Option<String>,
     /// Architecture and quantization of a GGUF file.
     pub gguf: Option<GgufInfo>,
+    /// Only some byte ranges are here (which layers' tensors, and how many bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
 }
 
 /// A file this node holds and can serve to peers (for its capability record).
@@ -194,11 +199,15 @@ impl ModelStore {
                 _ if name.ends_with(".gguf") => read_gguf_info(&dir.join(&name)),
                 _ => None,
             };
+            let rec = rec.filter(|r| r.size == size);
+            let partial = rec.and_then(|r| r.partial.clone());
             files.push(LocalFile {
-                sha256: rec.filter(|r| r.size == size).map(|r| r.sha256.clone()),
+                sha256: rec.filter(|r| r.is_whole()).map(|r| r.sha256.clone()),
+                // A partial file is sparse: count the bytes written, not its length.
+                size: partial.as_ref().map_or(size, Partial::bytes),
+                partial,
                 source: rec.map(|r| r.source.clone()),
                 name,
-                size,
                 gguf,
             });
         }
@@ -254,7 +263,7 @@ impl ModelStore {
                 let Some((path, needed)) = self.needed_files(&m, h, need)? else {
                     return Ok(None);
                 };
-                let all_held = needed.iter().all(|f| self.is_held(&dir, &m, f));
+                let all_held = self.has_all(&dir, &m, &needed, need);
                 Ok(all_held.then(|| if path.is_empty() { dir } else { dir.join(path) }))
             }
         }
@@ -270,38 +279,52 @@ impl ModelStore {
     ) -> Result<Option<(String, Vec<String>)>> {
         let names: Vec<String> = m.siblings.iter().map(|s| s.rfilename.clone()).collect();
         let dir = self.repo_dir(&h.repo);
-        match select::plan(&h.repo, &names, h.quant.as_deref())? {
-            Plan::Gguf { files, .. } => Ok(Some((files[0].clone(), files))),
-            Plan::Safetensors {
-                index,
-                weights,
-                side,
-            } => {
-                let weights = match index {
-                    Some(index) => {
-                        if !self.is_held(&dir, m, &index) {
-                            return Ok(None);
-                        }
-                        let path = dir.join(&index);
-                        let bytes = std::fs::read(&path)
-                            .map_err(|e| DownloadError::io("read", &path, e))?;
-                        match need {
-                            Need::Layers(r) => select::files_for_layers(&h.repo, &bytes, &r)?,
-                            Need::All => select::indexed_files(&h.repo, &bytes)?,
-                            Need::Metadata => Vec::new(),
-                        }
-                    }
-                    None => weights,
-                };
-                let mut needed = side;
-                needed.extend(weights);
-                Ok(Some((String::new(), needed)))
+        let plan = select::plan(&h.repo, &names, h.quant.as_deref())?;
+        let index = match plan.index() {
+            Some(index) if !self.is_held(&dir, m, index) => return Ok(None),
+            Some(index) => {
+                let path = dir.join(index);
+                Some(std::fs::read(&path).map_err(|e| DownloadError::io("read", &path, e))?)
+            }
+            None => None,
+        };
+        select::wanted(&h.repo, &plan, index.as_deref(), need).map(Some)
+    }
+
+    /// Whether every one of `files` is here as far as `need` wants it: whole, or (GGUF, for
+    /// layers or metadata) with the byte ranges wanted written.
+    fn has_all(&self, dir: &Path, m: &Manifest, files: &[String], need: Need) -> bool {
+        let gguf = files.iter().all(|f| f.ends_with(".gguf"));
+        if need == Need::All || !gguf {
+            return files.iter().all(|f| self.is_held(dir, m, f));
+        }
+        let mut headers = Vec::new();
+        for f in files {
+            let Some(rec) = m.files.get(f) else {
+                return false;
+            };
+            let path = dir.join(f);
+            if !std::fs::metadata(&path).is_ok_and(|md| md.len() == rec.size) {
+                return false;
+            }
+            match exo_engine::gguf::read_header(&path) {
+                Ok(h) => headers.push((h, rec)),
+                Err(_) => return false,
             }
         }
+        let hs: Vec<_> = headers.iter().map(|(h, _)| h).collect();
+        let wants = select::gguf_wants(&hs, need);
+        headers
+            .iter()
+            .zip(wants)
+            .all(|((_, rec), want)| match &rec.partial {
+                None => true,
+                Some(p) => select::missing(&want, &p.ranges()).is_empty(),
+            })
     }
 
     fn is_held(&self, dir: &Path, m: &Manifest, file: &str) -> bool {
-        let Some(rec) = m.files.get(file) else {
+        let Some(rec) = m.files.get(file).filter(|r| r.is_whole()) else {
             return false;
         };
         std::fs::metadata(dir.join(file)).is_ok_and(|md| md.is_file() && md.len() == rec.size)
@@ -391,6 +414,13 @@ impl ModelStore {
             let mut gone = Vec::new();
             for (name, rec) in m.files.iter_mut() {
                 let path = safe_join(&dir, &m.repo, name)?;
+                if !rec.is_whole() {
+                    // Its bytes are not its sha256's: nothing to offer peers as that file.
+                    if !path.exists() {
+                        gone.push(name.clone());
+                    }
+                    continue;
+                }
                 let Ok(md) = std::fs::metadata(&path) else {
                     gone.push(name.clone());
                     continue;
@@ -426,7 +456,7 @@ impl ModelStore {
         let Some(m) = self.manifest(repo)? else {
             return Ok(None);
         };
-        let Some(rec) = m.files.get(file) else {
+        let Some(rec) = m.files.get(file).filter(|r| r.is_whole()) else {
             return Ok(None);
         };
         let path = self.file_path(repo, file)?;
@@ -456,18 +486,20 @@ impl ModelStore {
         let siblings = m
             .siblings
             .iter()
-            .map(|s| match m.files.get(&s.rfilename) {
-                Some(rec) => Sibling {
-                    rfilename: s.rfilename.clone(),
-                    size: Some(rec.size),
-                    blob_id: s.blob_id.clone(),
-                    lfs: Some(LfsInfo {
-                        sha256: rec.sha256.clone(),
-                        size: rec.size,
-                    }),
+            .map(
+                |s| match m.files.get(&s.rfilename).filter(|r| r.is_whole()) {
+                    Some(rec) => Sibling {
+                        rfilename: s.rfilename.clone(),
+                        size: Some(rec.size),
+                        blob_id: s.blob_id.clone(),
+                        lfs: Some(LfsInfo {
+                            sha256: rec.sha256.clone(),
+                            size: rec.size,
+                        }),
+                    },
+                    None => s.clone(),
                 },
-                None => s.clone(),
-            })
+            )
             .collect();
         Ok(Some(RepoInfo {
             sha: m.commit.clone(),

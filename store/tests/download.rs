@@ -792,13 +792,16 @@ impl AltSource for FakePeers {
         _repo: &str,
         file: &str,
         _remote: &RemoteFile,
-        offset: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<AltStream, AltError> {
+        let offset = range.start;
         self.fetches
             .lock()
             .unwrap()
             .push((file.to_string(), offset));
-        let mut data = self.files[file].slice(offset as usize..).to_vec();
+        let mut data = self.files[file]
+            .slice(offset as usize..range.end as usize)
+            .to_vec();
         if self.corrupt {
             data[0] ^= 1;
         }

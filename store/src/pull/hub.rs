@@ -81,7 +81,13 @@ impl Downloader {
         let held = self.held_etag(ctx, file).await;
         match self
             .hub
-            .open(ctx.repo, ctx.revision, file, offset, held.as_deref())
+            .open(
+                ctx.repo,
+                ctx.revision,
+                file,
+                offset..u64::MAX,
+                held.as_deref(),
+            )
             .await?
         {
             Opened::Held { meta } => {
@@ -155,6 +161,9 @@ impl Downloader {
     /// The hub etag of the copy held, if it is intact on disk.
     async fn held_etag(&self, ctx: &PullCtx<'_>, file: &str) -> Option<String> {
         let rec = ctx.manifest.as_ref()?.files.get(file)?;
+        if !rec.is_whole() {
+            return None;
+        }
         let dest = self.store.file_path(ctx.repo, file).ok()?;
         let on_disk = tokio::fs::metadata(&dest)
             .await
@@ -170,7 +179,12 @@ impl Downloader {
         expected: &Expected,
         commit: &Option<String>,
     ) -> Result<Option<PulledFile>> {
-        let Some(rec) = ctx.manifest.as_ref().and_then(|m| m.files.get(file)) else {
+        let Some(rec) = ctx
+            .manifest
+            .as_ref()
+            .and_then(|m| m.files.get(file))
+            .filter(|r| r.is_whole())
+        else {
             return Ok(None);
         };
         let same = expected.sha256.as_ref().is_some_and(|s| *s == rec.sha256)

@@ -379,6 +379,7 @@ impl Downloader {
             source: source.into(),
             mtime_ns: 0,
             gguf: None,
+            partial: None,
         };
         self.record(ctx, file, rec).await?;
         tracing::info!(
@@ -403,6 +404,7 @@ impl Downloader {
             sha256: written.sha256,
             source: source.into(),
             fetched: true,
+            transferred: written.size,
         })
     }
 }

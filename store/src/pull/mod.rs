@@ -6,6 +6,7 @@
 mod hub;
 pub mod land;
 mod peer;
+mod ranges;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -60,12 +61,14 @@ impl RetryPolicy {
 
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
-    /// Only the safetensors shards holding these layers (GGUF files are always whole).
+    /// Only what these layers need: the safetensors shards holding them, or of a GGUF model
+    /// the header and the tensors' byte ranges of each part (a part all of whose tensors are
+    /// wanted comes whole, verified by its sha256).
     pub layers: Option<LayerRange>,
-    /// No weights of a safetensors model with an index, only its settings, tokenizer and index:
-    /// enough to describe the model and advertise it, for a node that fetches its shard's files
-    /// (with `layers`) once it is given layers to run. GGUF files and unindexed safetensors
-    /// weights, which every node needs whole, are fetched as usual.
+    /// No weights: of a safetensors model with an index its settings, tokenizer and index, of
+    /// a GGUF model the header of each part. Enough to describe the model and advertise it, for
+    /// a node that fetches its shard (with `layers`) once it is given layers to run. The weights
+    /// of a safetensors model without an index, which every node needs whole, come as usual.
     pub metadata_only: bool,
     /// Overrides the reference's revision (branch, tag or commit).
     pub revision: Option<String>,
@@ -96,16 +99,16 @@ pub struct PulledFile {
     pub source: String,
     /// Whether bytes were transferred by this pull (false: already in the store).
     pub fetched: bool,
+    /// Bytes transferred by this pull: the size of a file fetched whole, the ranges of one
+    /// fetched in part.
+    #[serde(default)]
+    pub transferred: u64,
 }
 
 impl PulledModel {
     /// Bytes transferred by this pull.
     pub fn fetched_bytes(&self) -> u64 {
-        self.files
-            .iter()
-            .filter(|f| f.fetched)
-            .map(|f| f.size)
-            .sum()
+        self.files.iter().map(|f| f.transferred).sum()
     }
 }
 
@@ -226,41 +229,30 @@ impl Downloader {
         let format = plan.format();
         tracing::info!(repo = %h.repo, revision = %h.revision, commit = ?info.sha, ?format, "pull");
         let mut done = Vec::new();
-        let (wanted, open) = match plan {
-            Plan::Gguf { files, .. } => {
-                let open = self.store.file_path(&h.repo, &files[0])?;
-                (files, open)
+        // A safetensors index says which shards hold which layers: fetch it first.
+        let index = match plan.index() {
+            Some(index) => {
+                done.push(self.fetch_file(&ctx, index).await?);
+                let path = self.store.file_path(&h.repo, index)?;
+                Some(
+                    tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| DownloadError::io("read", &path, e))?,
+                )
             }
-            Plan::Safetensors {
-                index,
-                weights,
-                side,
-            } => {
-                let weights = match index {
-                    Some(index) => {
-                        // The index says which shards hold which layers: fetch it first.
-                        let f = self.fetch_file(&ctx, &index).await?;
-                        let path = self.store.file_path(&h.repo, &index)?;
-                        let bytes = tokio::fs::read(&path)
-                            .await
-                            .map_err(|e| DownloadError::io("read", &path, e))?;
-                        done.push(f);
-                        match need {
-                            Need::Layers(r) => select::files_for_layers(&h.repo, &bytes, &r)?,
-                            Need::All => select::indexed_files(&h.repo, &bytes)?,
-                            Need::Metadata => Vec::new(),
-                        }
-                    }
-                    None => weights,
-                };
-                let mut wanted: Vec<String> = side
-                    .into_iter()
-                    .filter(|f| f != select::SAFETENSORS_INDEX)
-                    .collect();
-                wanted.extend(weights);
-                (wanted, self.store.repo_dir(&h.repo))
-            }
+            None => None,
         };
+        let (open, mut wanted) = select::wanted(&h.repo, &plan, index.as_deref(), need)?;
+        wanted.retain(|f| Some(f.as_str()) != plan.index());
+        let open = if open.is_empty() {
+            self.store.repo_dir(&h.repo)
+        } else {
+            self.store.file_path(&h.repo, &open)?
+        };
+        if matches!(plan, Plan::Gguf { .. }) && need != Need::All {
+            done.extend(self.fetch_gguf_part(&ctx, &wanted, need).await?);
+            return Ok(self.pulled(&h, &info, format, open, done));
+        }
         for f in &wanted {
             self.report(&ctx, f, 0, None, SOURCE_HUB, FileStatus::Queued, None);
         }
@@ -273,16 +265,27 @@ impl Downloader {
             .try_collect()
             .await?;
         done.extend(fetched);
-        done.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(PulledModel {
+        Ok(self.pulled(&h, &info, format, open, done))
+    }
+
+    fn pulled(
+        &self,
+        h: &HubRef,
+        info: &RepoInfo,
+        format: ModelFormat,
+        path: PathBuf,
+        mut files: Vec<PulledFile>,
+    ) -> PulledModel {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        PulledModel {
             repo: h.repo.clone(),
             revision: h.revision.clone(),
             commit: info.sha.clone(),
             format,
             dir: self.store.repo_dir(&h.repo),
-            path: open,
-            files: done,
-        })
+            path,
+            files,
+        }
     }
 
     fn local(&self, p: &std::path::Path) -> Result<PulledModel> {
@@ -338,6 +341,7 @@ impl Downloader {
                     sha256: rec.sha256.clone(),
                     source: rec.source.clone(),
                     fetched: false,
+                    transferred: 0,
                 })
                 .collect(),
         }))
@@ -430,6 +434,7 @@ impl Downloader {
             sha256: rec.sha256,
             source: rec.source,
             fetched: false,
+            transferred: 0,
         }
     }
 
@@ -504,7 +509,7 @@ async fn is_current(
     let on_disk = tokio::fs::metadata(dest)
         .await
         .is_ok_and(|m| m.len() == rec.size);
-    if !on_disk {
+    if !on_disk || !rec.is_whole() {
         return false;
     }
     if let Some(sha) = &known.sha256 {

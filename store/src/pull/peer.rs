@@ -23,7 +23,7 @@ pub struct RemoteFile {
     pub sha256: String,
 }
 
-/// Bytes of one file from an offset to its end.
+/// Bytes of one file: the range asked for.
 pub struct AltStream {
     /// Who serves them (a peer id), recorded in progress and in the store's metadata.
     pub source: String,
@@ -45,13 +45,13 @@ pub trait AltSource: Send + Sync {
     /// Size and sha256 of `file` if some peer holds it.
     async fn locate(&self, repo: &str, file: &str) -> Option<RemoteFile>;
 
-    /// The bytes of `file` (the one `locate` described) from `offset` on.
+    /// Bytes `range` of `file` (the one `locate` described; `range.end` at most its size).
     async fn fetch_range(
         &self,
         repo: &str,
         file: &str,
         remote: &RemoteFile,
-        offset: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<AltStream, AltError>;
 }
 
@@ -92,7 +92,7 @@ impl Downloader {
             reason,
         };
         let stream = alt
-            .fetch_range(ctx.repo, file, &remote, offset)
+            .fetch_range(ctx.repo, file, &remote, offset..remote.size)
             .await
             .map_err(|e| alt_err("alternative source", e.to_string()))?;
         let source = stream.source.clone();

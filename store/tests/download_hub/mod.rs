@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -113,6 +113,8 @@ pub struct HubState {
     pub log: Mutex<Vec<Logged>>,
     inflight: AtomicUsize,
     pub max_inflight: AtomicUsize,
+    /// Body bytes sent for file downloads (what a node cost the hub).
+    pub bytes_served: AtomicU64,
 }
 
 pub struct MockHub {
@@ -197,6 +199,11 @@ impl MockHub {
 
     pub fn max_inflight(&self) -> usize {
         self.state.max_inflight.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes of files served so far.
+    pub fn bytes_served(&self) -> u64 {
+        self.state.bytes_served.load(Ordering::SeqCst)
     }
 }
 
@@ -445,12 +452,17 @@ async fn serve(
             faults.throttle,
         )
     };
-    let range = headers
+    let asked = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.split('-').next())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.split_once('-'));
+    let range = asked.and_then(|(a, _)| a.parse::<u64>().ok());
+    // `bytes=a-b` (inclusive) ends the body early; `bytes=a-` runs to the end.
+    let end = asked
+        .and_then(|(_, b)| b.parse::<u64>().ok())
+        .filter(|_| !ignore_range)
+        .map_or(f.size, |b| (b + 1).min(f.size));
     let (status, start) = match range {
         Some(s) if !ignore_range => {
             if s >= f.size {
@@ -462,7 +474,7 @@ async fn serve(
             }
             extra.insert(
                 header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", s, f.size - 1, f.size)
+                format!("bytes {}-{}/{}", s, end - 1, f.size)
                     .parse()
                     .unwrap(),
             );
@@ -472,7 +484,7 @@ async fn serve(
     };
     extra.insert(
         header::CONTENT_LENGTH,
-        (f.size - start).to_string().parse().unwrap(),
+        (end - start).to_string().parse().unwrap(),
     );
     extra.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
     if !extra.contains_key(header::ETAG) {
@@ -488,9 +500,11 @@ async fn serve(
         pos: u64,
         sent: u64,
         reader: Option<tokio::fs::File>,
+        st: Arc<HubState>,
         _guard: Inflight,
     }
     let state = S {
+        st: st.clone(),
         f: f.clone(),
         pos: start,
         sent: 0,
@@ -498,7 +512,7 @@ async fn serve(
         _guard: guard,
     };
     let stream = futures_util::stream::unfold(state, move |mut s| async move {
-        if s.pos >= s.f.size {
+        if s.pos >= end {
             return None;
         }
         if let Some(limit) = drop_after {
@@ -508,14 +522,14 @@ async fn serve(
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let err = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected drop");
                 // Ending the body with an error makes hyper abort the connection.
-                s.pos = s.f.size;
+                s.pos = end;
                 return Some((Err(err), s));
             }
         }
         if let Some(t) = throttle {
             tokio::time::sleep(t).await;
         }
-        let mut len = (64 * 1024).min(s.f.size - s.pos);
+        let mut len = (64 * 1024).min(end - s.pos);
         if let Some(limit) = drop_after {
             len = len.min(limit - s.sent).max(1);
         }
@@ -545,6 +559,7 @@ async fn serve(
         }
         s.pos += len;
         s.sent += len;
+        s.st.bytes_served.fetch_add(len, Ordering::SeqCst);
         Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), s))
     });
     let mut resp = Response::new(Body::from_stream(stream));
