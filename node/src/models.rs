@@ -151,7 +151,7 @@ impl Fetcher {
         };
         let fetched = weights(true);
         let bytes = pulled.fetched_bytes();
-        tracing::info!(repo = %hub.repo, %range, files = ?weights(false), ?fetched, bytes, "weights for the layers are here");
+        tracing::info!(repo = %hub.repo, %range, files = ?weights(false), ?fetched, bytes, "weight files for the layers are here");
         Ok(fetched)
     }
 }

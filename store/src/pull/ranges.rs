@@ -158,7 +158,22 @@ impl Downloader {
             partial: Some(partial),
         };
         self.record(ctx, file, rec.clone()).await?;
-        tracing::info!(repo = ctx.repo, file, bytes = bytes.len(), "GGUF header");
+        tracing::info!(
+            repo = ctx.repo,
+            file,
+            bytes = bytes.len(),
+            source = rec.source,
+            "GGUF header"
+        );
+        self.report(
+            ctx,
+            file,
+            transferred,
+            Some(transferred),
+            &rec.source,
+            FileStatus::Done,
+            None,
+        );
         Ok(Held {
             file: file.into(),
             header,
