@@ -31,7 +31,7 @@ pub use error::{EngineError, Result};
 pub use info::{model_id, ModelInfo};
 pub use kv_cache::KvCache;
 pub use local_ring::{even_split, LocalRing};
-pub use model::{Logits, ShardInput, ShardModel};
+pub use model::{Logits, SeqStep, ShardInput, ShardModel};
 pub use perplexity::{perplexity, Perplexity};
 pub use runner::{RunnerLimits, ShardRunner, StepOutput};
 pub use sampling::Sampler;
