@@ -21,6 +21,7 @@ pub mod perplexity;
 pub mod quant;
 pub mod runner;
 pub mod sampling;
+pub mod scheduler;
 pub mod source;
 pub mod spec;
 pub mod text_stream;

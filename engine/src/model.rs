@@ -175,6 +175,15 @@ impl ShardModel {
         &self.device
     }
 
+    /// Bytes of KV cache one token takes on this shard (keys and values of every layer, held as
+    /// f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| 2 * b.attn.n_kv_head * b.attn.head_dim * 4)
+            .sum()
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.blocks.len())
     }

@@ -134,3 +134,59 @@ fn gemma_alone_equals_batched_with_seven_others() {
 fn qwen_alone_equals_batched_with_seven_others() {
     check(common::QWEN);
 }
+
+/// Eight requests stepping at once through a ring of shard runners (one shard, then two), each
+/// on its own thread as the node's drivers run them, produce the same greedy tokens as each
+/// alone, and the runners' schedulers did batch them (fewer forwards than sequence steps).
+fn concurrent_runners(name: &str, shards: u32) {
+    let path = test_model(name);
+    let ring = exo_engine::LocalRing::load(&path, shards, &Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_source(&Source::open(&path).unwrap()).unwrap();
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| tok.encode(p, true).unwrap())
+        .collect();
+    let solo: Vec<Vec<u32>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| common::greedy(&ring, &format!("solo-{i}"), p, STEPS))
+        .collect();
+    let before = ring.runners()[0].batch_stats();
+    let barrier = std::sync::Barrier::new(prompts.len());
+    let together: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (ring, barrier) = (&ring, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    common::greedy(ring, &format!("together-{i}"), p, STEPS)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (a, b)) in solo.iter().zip(&together).enumerate() {
+        assert_eq!(
+            a,
+            b,
+            "{name} on {shards} shards: prompt {i} alone {:?}, among 7 others {:?}",
+            tok.decode(a).unwrap(),
+            tok.decode(b).unwrap()
+        );
+    }
+    let after = ring.runners()[0].batch_stats();
+    let (forwards, seqs) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(seqs, (prompts.len() * STEPS) as u64, "one chunk per step");
+    assert!(
+        forwards * 2 <= seqs,
+        "{name}: {forwards} forwards for {seqs} sequence steps: the steps were not batched"
+    );
+}
+
+#[test]
+fn concurrent_requests_through_runners_equal_their_solo_text() {
+    concurrent_runners(common::QWEN, 1);
+    concurrent_runners(common::GEMMA, 2);
+}
