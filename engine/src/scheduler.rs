@@ -149,6 +149,9 @@ fn run(model: &ShardModel, rx: mpsc::Receiver<Job>, stats: &Stats) {
         let chunks: Vec<usize> = picked.iter().map(|&i| active[i].next_chunk()).collect();
         stats.forwards.fetch_add(1, Ordering::Relaxed);
         stats.seqs.fetch_add(picked.len() as u64, Ordering::Relaxed);
+        if picked.len() > 1 {
+            tracing::debug!(range = %model.range(), seqs = picked.len(), tokens = chunks.iter().sum::<usize>(), "batched forward");
+        }
         let result = {
             let mut guards: Vec<_> = picked
                 .iter()
