@@ -8,7 +8,7 @@
 # off, temperature 0), exo in-process through its drivers.
 #
 # Usage: scripts/bench-concurrency.sh [MODEL.gguf]   (default: qwen2.5-coder-0.5b, the test model)
-# Environment: CONCURRENCY (1,4,8), PP (64), TG (64), THREADS (2), EXO_TEST_MODELS.
+# Environment: CONCURRENCY (1,4,8), PP (64), TG (64), THREADS (2), EXO_BIN, EXO_TEST_MODELS.
 # Figures on a shared machine are indicative only: run it under `flock /tmp/exo-heavy.lock`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,10 +26,13 @@ server=$(llamacpp_bin native llama-server)
 echo "llama.cpp: commit 0c1e570 (llama-cpp-python $LLAMACPP_VER sdist), $("$server" --version 2>&1 | tr '\n' ' ')"
 echo "model: $model; prompt $pp tokens, $tg generated per stream; $threads threads"
 
-(cd "$root" && nice -n 5 cargo build -q --release -p exo-p2p >&2)
+# EXO_BIN: an exo-p2p binary to use instead of building the release one (the dev profile builds
+# the engine and its dependencies optimised too).
+exo=${EXO_BIN:-$root/target/release/exo-p2p}
+[ -n "${EXO_BIN:-}" ] || (cd "$root" && nice -n 5 cargo build -q --release -p exo-p2p >&2)
 echo
 echo "## exo-p2p bench --concurrency $conc"
-EXO_THREADS=$threads "$root/target/release/exo-p2p" bench "$model" --prompt-tokens "$pp" \
+EXO_THREADS=$threads "$exo" bench "$model" --prompt-tokens "$pp" \
   --gen-tokens "$tg" -r 1 --concurrency "$conc"
 
 echo

@@ -14,6 +14,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use candle_core::Tensor;
@@ -28,6 +29,8 @@ use crate::{
 pub const CHUNK: usize = 512;
 /// Prompt tokens per forward across all prompts being prefilled (at least one chunk runs).
 const PREFILL_BUDGET: usize = 512;
+/// How long a forward waits for the steps of the streams the previous one answered.
+const GATHER: Duration = Duration::from_millis(5);
 /// Steps waiting to join a batch; callers beyond it block until there is room.
 const QUEUE: usize = 256;
 
@@ -132,16 +135,32 @@ impl Scheduler {
 
 fn run(model: &ShardModel, rx: mpsc::Receiver<Job>, stats: &Stats) {
     let mut active: VecDeque<Active> = VecDeque::new();
+    // Steps answered by the last forward: their requests' next steps are on their way.
+    let mut returning = 0;
     loop {
+        let mut arrived = 0;
         if active.is_empty() {
             match rx.recv() {
                 Ok(job) => admit(model, job, &mut active),
                 Err(_) => return,
             }
+            arrived += 1;
+        }
+        // Give the streams just answered a moment to send their next token, so that they join
+        // this forward rather than split into alternating small batches.
+        let deadline = Instant::now() + GATHER;
+        while arrived < returning {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(job) => admit(model, job, &mut active),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            arrived += 1;
         }
         while let Ok(job) = rx.try_recv() {
             admit(model, job, &mut active);
         }
+        returning = 0;
         if active.is_empty() {
             continue;
         }
@@ -238,6 +257,7 @@ fn run(model: &ShardModel, rx: mpsc::Receiver<Job>, stats: &Stats) {
                     _ => Tensor::cat(&a.outputs, 1).map_err(EngineError::from),
                 };
                 let _ = a.job.reply.send(out);
+                returning += 1;
             } else {
                 i += 1;
             }

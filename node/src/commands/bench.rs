@@ -178,9 +178,11 @@ async fn concurrency_table(
     prompt: &[u32],
     gen: usize,
 ) -> Result<Vec<String>> {
-    let mut lines =
-        vec![
-        format!("{config}: {} streams at once, pp{} + tg{gen} each", counts.len(), prompt.len()),
+    let mut lines = vec![
+        format!(
+            "{config}: {counts:?} streams at once, pp{} + tg{gen} each",
+            prompt.len()
+        ),
         "| streams | aggregate t/s | per-stream t/s | TTFT p50 ms | TTFT p99 ms | vs 1 stream |"
             .to_string(),
         "| ---: | ---: | ---: | ---: | ---: | ---: |".to_string(),
