@@ -106,6 +106,9 @@ mod x86 {
     }
 }
 
+/// Rows a layer's cache grows by at a time.
+const GROW_ROWS: usize = 256;
+
 /// Keys and values of one layer for one request: per KV head, `len` rows of `head_dim` values,
 /// each rounded to f16 (llama.cpp's default cache type) and kept as f32 so attention reads them
 /// without conversions.
@@ -125,6 +128,13 @@ impl LayerKv {
         }
         let per_head = k.len() / kv_heads.max(1);
         for h in 0..kv_heads {
+            // Grow by whole steps of rows rather than doubling, so the memory held stays close
+            // to what the KV budget counts.
+            for c in [&mut self.k[h], &mut self.v[h]] {
+                if c.capacity() - c.len() < per_head {
+                    c.reserve_exact(per_head.max(GROW_ROWS * per_head / seq.max(1)));
+                }
+            }
             let rows = h * per_head..(h + 1) * per_head;
             self.k[h].extend(k[rows.clone()].iter().map(|&x| round_f16(x)));
             self.v[h].extend(v[rows].iter().map(|&x| round_f16(x)));

@@ -122,6 +122,10 @@ impl LocalRing {
         }
     }
 
+    pub fn runners(&self) -> &[ShardRunner] {
+        &self.runners
+    }
+
     pub fn release(&self, key: &str) {
         for r in &self.runners {
             r.release(key);

@@ -9,7 +9,7 @@ use exo_protocol::LayerRange;
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
-    layers::{last_position, Block, EmbedTable, Embedding, Head, Linear, Weights},
+    layers::{Block, EmbedTable, Embedding, Head, Linear, Segment, StepContext, Weights},
     models,
     source::Source,
     spec::Spec,
@@ -175,6 +175,15 @@ impl ShardModel {
         &self.device
     }
 
+    /// Bytes of KV cache one token takes on this shard (keys and values of every layer, held as
+    /// f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| 2 * b.attn.n_kv_head * b.attn.head_dim * 4)
+            .sum()
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.blocks.len())
     }
@@ -187,59 +196,154 @@ impl ShardModel {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Tensor> {
-        let mut x = match (input, &self.embed) {
-            (ShardInput::Tokens(ids), Some(embed)) => {
-                let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-                embed.forward(&ids)?
-            }
-            (ShardInput::Hidden(h), None) => h,
-            (ShardInput::Tokens(_), None) => {
-                return Err(EngineError::Invalid(format!(
-                    "shard {} does not start at layer 0 and cannot take token ids",
-                    self.range
-                )))
-            }
-            (ShardInput::Hidden(_), Some(_)) => {
-                return Err(EngineError::Invalid(format!(
-                    "shard {} is the first shard and takes token ids, not hidden states",
-                    self.range
-                )))
-            }
-        };
-        let (_, seq, hidden) = x.dims3()?;
-        if hidden != self.spec.hp.hidden {
+        let mut out = self.forward_batch(vec![SeqStep {
+            input,
+            cache,
+            logits,
+        }])?;
+        Ok(out.pop().expect("one output per sequence"))
+    }
+
+    /// Whether `len` tokens at `position` can be run: at least one, within the context window.
+    pub fn check_step(&self, position: usize, len: usize) -> Result<()> {
+        if len == 0 {
             return Err(EngineError::Invalid(format!(
-                "hidden states of width {hidden} for a model of width {}",
-                self.spec.hp.hidden
+                "an empty step at position {position} on {}",
+                self.range
             )));
         }
-        let pos = cache.position();
         let context = self.spec.hp.context_length;
-        if pos + seq > context {
+        if position + len > context {
             return Err(EngineError::ContextFull {
-                needed: pos + seq,
+                needed: position + len,
                 context,
             });
         }
-        let ctx = crate::layers::StepContext::new(&self.spec.ropes, pos, seq, &self.device)?;
-        for (i, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+        Ok(())
+    }
+
+    /// Runs one forward over several sequences, each at its own cache's position: their rows are
+    /// stacked so every weight matrix is read once for all of them, and each attends over its
+    /// own cache. A sequence's result does not depend on the others in the batch (the kernels
+    /// compute each row independently). Returns, per sequence in order, what
+    /// [`ShardModel::forward`] returns for it.
+    pub fn forward_batch(&self, mut seqs: Vec<SeqStep<'_>>) -> Result<Vec<Tensor>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::new();
+        let mut hiddens = Vec::new();
+        let mut segments = Vec::with_capacity(seqs.len());
+        for s in &seqs {
+            let len = match (&s.input, &self.embed) {
+                (ShardInput::Tokens(t), Some(_)) => {
+                    ids.extend_from_slice(t);
+                    t.len()
+                }
+                (ShardInput::Hidden(h), None) => {
+                    let (_, len, hidden) = h.dims3()?;
+                    if hidden != self.spec.hp.hidden {
+                        return Err(EngineError::Invalid(format!(
+                            "hidden states of width {hidden} for a model of width {}",
+                            self.spec.hp.hidden
+                        )));
+                    }
+                    hiddens.push(h.clone());
+                    len
+                }
+                (ShardInput::Tokens(_), None) => {
+                    return Err(EngineError::Invalid(format!(
+                        "shard {} does not start at layer 0 and cannot take token ids",
+                        self.range
+                    )))
+                }
+                (ShardInput::Hidden(_), Some(_)) => {
+                    return Err(EngineError::Invalid(format!(
+                        "shard {} is the first shard and takes token ids, not hidden states",
+                        self.range
+                    )))
+                }
+            };
+            let pos = s.cache.position();
+            self.check_step(pos, len)?;
+            segments.push(Segment { pos, len });
+        }
+        let mut x = match &self.embed {
+            Some(embed) => {
+                embed.forward(&Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?)?
+            }
+            None if hiddens.len() == 1 => hiddens.pop().expect("one"),
+            None => Tensor::cat(&hiddens, 1)?,
+        };
+        let ctx = StepContext::new(&self.spec.ropes, segments, &self.device)?;
+        for (i, block) in self.blocks.iter().enumerate() {
             crate::dump::set_layer(Some(self.range.start as usize + i));
-            x = block.forward(&x, &self.spec.ropes, &ctx, kv)?;
+            let mut kvs: Vec<_> = seqs.iter_mut().map(|s| &mut s.cache.layers[i]).collect();
+            x = block.forward(&x, &self.spec.ropes, &ctx, &mut kvs)?;
         }
         crate::dump::set_layer(None);
-        cache.advance(seq);
-        match &self.head {
-            Some(head) => {
-                let x = match logits {
-                    Logits::Last => last_position(&x)?,
-                    Logits::From(start) => {
-                        let start = start.min(seq);
-                        x.narrow(1, start, seq - start)?
-                    }
-                };
-                Ok(head.forward(&x)?)
-            }
-            None => Ok(x),
+        for (s, seg) in seqs.iter_mut().zip(&ctx.segments) {
+            s.cache.advance(seg.len);
         }
+        let single = ctx.segments.len() == 1;
+        let mut starts = Vec::with_capacity(ctx.segments.len());
+        let mut start = 0;
+        for seg in &ctx.segments {
+            starts.push(start);
+            start += seg.len;
+        }
+        let Some(head) = &self.head else {
+            if single {
+                return Ok(vec![x]);
+            }
+            return ctx
+                .segments
+                .iter()
+                .zip(&starts)
+                .map(|(seg, &start)| Ok(x.narrow(1, start, seg.len)?))
+                .collect();
+        };
+        // The rows each sequence wants logits for, gathered so the head runs once.
+        let wanted: Vec<std::ops::Range<usize>> = seqs
+            .iter()
+            .zip(&ctx.segments)
+            .zip(&starts)
+            .map(|((s, seg), &start)| match s.logits {
+                Logits::Last => start + seg.len - 1..start + seg.len,
+                Logits::From(from) => start + from.min(seg.len)..start + seg.len,
+            })
+            .collect();
+        let x = if single {
+            let r = &wanted[0];
+            x.narrow(1, r.start, r.len())?
+        } else {
+            let index: Vec<u32> = wanted
+                .iter()
+                .flat_map(|r| r.clone())
+                .map(|i| i as u32)
+                .collect();
+            x.index_select(&Tensor::new(index.as_slice(), &self.device)?, 1)?
+        };
+        let logits = head.forward(&x)?;
+        if single {
+            return Ok(vec![logits]);
+        }
+        let mut at = 0;
+        wanted
+            .iter()
+            .map(|r| {
+                let out = logits.narrow(1, at, r.len())?;
+                at += r.len();
+                Ok(out)
+            })
+            .collect()
     }
+}
+
+/// One sequence of a batched forward ([`ShardModel::forward_batch`]): its input, its cache
+/// (whose position is where the input goes) and the logits it wants.
+pub struct SeqStep<'a> {
+    pub input: ShardInput<'a>,
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
 }

@@ -1,9 +1,16 @@
 //! A loaded shard serving many requests: one KV cache (and, on the last shard, one sampler) per
-//! request, bounded in count and memory, freed on release or after sitting idle.
+//! request, bounded in count and memory, freed on release or after sitting idle. Steps of all
+//! requests run through the shard's [`Scheduler`], which batches those waiting together into one
+//! forward.
+//!
+//! Admission: a new request reserves KV memory for its prompt and [`DECODE_ROOM`] tokens of
+//! output; when that does not fit in the budget it waits (in a bounded queue, for at most
+//! `admit_timeout`) for other requests to finish, and is refused as busy only when the queue is
+//! full, the wait runs out or it could never fit.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -13,9 +20,13 @@ use exo_protocol::{SamplingParams, TokenOut};
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
-    model::{Logits, ShardInput, ShardModel},
+    model::ShardModel,
     sampling::Sampler,
+    scheduler::{Scheduler, StepInput},
 };
+
+/// Tokens of output a new request reserves KV memory for, beyond its prompt.
+pub const DECODE_ROOM: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct RunnerLimits {
@@ -25,6 +36,10 @@ pub struct RunnerLimits {
     pub max_kv_bytes: usize,
     /// A request untouched this long is dropped (its driver is presumably gone).
     pub idle_timeout: Duration,
+    /// New requests that may wait for KV memory at once; more are refused as busy.
+    pub max_waiting: usize,
+    /// How long a new request waits for KV memory before it is refused as busy.
+    pub admit_timeout: Duration,
 }
 
 impl Default for RunnerLimits {
@@ -33,6 +48,8 @@ impl Default for RunnerLimits {
             max_requests: 64,
             max_kv_bytes: 4 << 30,
             idle_timeout: Duration::from_secs(120),
+            max_waiting: 32,
+            admit_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -46,23 +63,47 @@ pub enum StepOutput {
 }
 
 struct RequestState {
-    cache: KvCache,
+    /// Locked by the scheduler while a forward runs over it.
+    cache: Arc<Mutex<KvCache>>,
     sampler: Option<Sampler>,
     last_used: Instant,
+    /// Position the next step must be for.
+    position: usize,
+    /// Tokens of KV memory reserved at admission.
+    reserved: usize,
+}
+
+impl RequestState {
+    /// Tokens counted against the KV budget.
+    fn held(&self) -> usize {
+        self.reserved.max(self.position)
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    requests: HashMap<String, Arc<Mutex<RequestState>>>,
+    /// New requests waiting for KV memory.
+    waiting: usize,
 }
 
 pub struct ShardRunner {
     model: Arc<ShardModel>,
     limits: RunnerLimits,
-    requests: Mutex<HashMap<String, Arc<Mutex<RequestState>>>>,
+    table: Mutex<Table>,
+    /// Signalled when a request frees its cache.
+    room: Condvar,
+    scheduler: Scheduler,
 }
 
 impl ShardRunner {
     pub fn new(model: Arc<ShardModel>, limits: RunnerLimits) -> Self {
         Self {
+            scheduler: Scheduler::start(model.clone()),
             model,
             limits,
-            requests: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
+            room: Condvar::new(),
         }
     }
 
@@ -70,8 +111,10 @@ impl ShardRunner {
         &self.model
     }
 
-    /// Runs one step of request `key`. Position 0 starts the request afresh (a new prompt or a
-    /// replay after recovery); later positions must continue the request's cache exactly.
+    /// Runs one step of request `key`: `tokens` (first shard) or `hidden` states at `position`.
+    /// Position 0 starts the request afresh (a new prompt or a replay after recovery); later
+    /// positions must continue the request's cache exactly. Blocks until the scheduler has run
+    /// the step in a batch with whatever else was waiting.
     pub fn step(
         &self,
         key: &str,
@@ -80,21 +123,31 @@ impl ShardRunner {
         hidden: Option<Tensor>,
         sampling: &SamplingParams,
     ) -> Result<StepOutput> {
-        let state = self.state_for(key, position, sampling)?;
-        let mut state = state.lock().expect("request state poisoned");
-        if state.cache.position() != position {
-            return Err(EngineError::Invalid(format!(
-                "request {key} is at position {} on {}, frame is for position {position}",
-                state.cache.position(),
-                self.model.range()
-            )));
-        }
-        state.last_used = Instant::now();
-        let input = match hidden {
-            Some(h) => ShardInput::Hidden(h),
-            None => ShardInput::Tokens(tokens),
+        let len = match &hidden {
+            Some(h) => h.dims3()?.1,
+            None => tokens.len(),
         };
-        let out = self.model.forward(input, &mut state.cache, Logits::Last)?;
+        let state = self.state_for(key, position, len, sampling)?;
+        let cache = {
+            let mut s = state.lock().expect("request state poisoned");
+            if s.position != position {
+                return Err(EngineError::Invalid(format!(
+                    "request {key} is at position {} on {}, frame is for position {position}",
+                    s.position,
+                    self.model.range()
+                )));
+            }
+            s.last_used = Instant::now();
+            s.cache.clone()
+        };
+        let input = match hidden {
+            Some(h) => StepInput::Hidden(h),
+            None => StepInput::Tokens(tokens.to_vec()),
+        };
+        let out = self.scheduler.step(position, input, cache)?;
+        let mut state = state.lock().expect("request state poisoned");
+        state.position = position + len;
+        state.last_used = Instant::now();
         match state.sampler.as_mut() {
             Some(sampler) => {
                 sampler.observe(tokens);
@@ -104,15 +157,21 @@ impl ShardRunner {
         }
     }
 
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().expect("request table poisoned")
+    }
+
     fn state_for(
         &self,
         key: &str,
         position: usize,
+        len: usize,
         sampling: &SamplingParams,
     ) -> Result<Arc<Mutex<RequestState>>> {
-        let mut requests = self.requests.lock().expect("requests poisoned");
+        let mut table = self.table();
         if position > 0 {
-            return requests
+            return table
+                .requests
                 .get(key)
                 .cloned()
                 .ok_or_else(|| EngineError::MissingCache {
@@ -120,41 +179,87 @@ impl ShardRunner {
                     range: self.model.range().to_string(),
                 });
         }
-        requests.remove(key);
-        self.evict_idle(&mut requests);
-        if requests.len() >= self.limits.max_requests {
+        if table.requests.remove(key).is_some() {
+            self.room.notify_all();
+        }
+        let range = self.model.range();
+        let per_token = self.model.kv_bytes_per_token().max(1);
+        let reserved = (len + DECODE_ROOM).min(self.model.spec().hp.context_length.max(len));
+        let budget_tokens = self.limits.max_kv_bytes / per_token;
+        if reserved > budget_tokens {
             return Err(EngineError::Busy(format!(
-                "{} requests already hold a KV cache on {}",
-                requests.len(),
-                self.model.range()
+                "a request of {len} prompt tokens needs KV memory for {reserved} tokens \
+                 ({} bytes) on {range}, more than its budget of {} bytes",
+                reserved * per_token,
+                self.limits.max_kv_bytes
             )));
         }
-        let used: usize = requests
-            .values()
-            .filter_map(|s| s.try_lock().ok().map(|s| s.cache.bytes()))
-            .sum();
-        if used >= self.limits.max_kv_bytes {
-            return Err(EngineError::Busy(format!(
-                "KV cache memory limit of {} bytes reached on {}",
-                self.limits.max_kv_bytes,
-                self.model.range()
-            )));
+        let deadline = Instant::now() + self.limits.admit_timeout;
+        let mut queued = false;
+        loop {
+            self.evict_idle(&mut table.requests);
+            let held: usize = table
+                .requests
+                .values()
+                .map(|s| s.lock().expect("request state poisoned").held())
+                .sum();
+            let fits = held + reserved <= budget_tokens;
+            if fits && table.requests.len() < self.limits.max_requests {
+                break;
+            }
+            let why = if fits {
+                format!(
+                    "{} requests already hold a KV cache on {range}",
+                    table.requests.len()
+                )
+            } else {
+                format!(
+                    "KV cache memory limit of {} bytes reached on {range} ({} held, {} wanted)",
+                    self.limits.max_kv_bytes,
+                    held * per_token,
+                    reserved * per_token
+                )
+            };
+            if !queued {
+                if table.waiting >= self.limits.max_waiting {
+                    return Err(EngineError::Busy(format!(
+                        "{}, and {} requests are already waiting",
+                        why, table.waiting
+                    )));
+                }
+                table.waiting += 1;
+                queued = true;
+                tracing::debug!(request = %key, %range, "waiting for KV memory");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let msg = format!("{} for {:?}", why, self.limits.admit_timeout);
+                table.waiting -= 1;
+                return Err(EngineError::Busy(msg));
+            }
+            table = self
+                .room
+                .wait_timeout(table, deadline - now)
+                .expect("request table poisoned")
+                .0;
+        }
+        if queued {
+            table.waiting -= 1;
         }
         let state = Arc::new(Mutex::new(RequestState {
-            cache: self.model.new_cache(),
-            sampler: self
-                .model
-                .range()
-                .is_last()
-                .then(|| Sampler::new(sampling.clone())),
+            cache: Arc::new(Mutex::new(self.model.new_cache())),
+            sampler: range.is_last().then(|| Sampler::new(sampling.clone())),
             last_used: Instant::now(),
+            position: 0,
+            reserved,
         }));
-        requests.insert(key.to_string(), state.clone());
+        table.requests.insert(key.to_string(), state.clone());
         Ok(state)
     }
 
     fn evict_idle(&self, requests: &mut HashMap<String, Arc<Mutex<RequestState>>>) {
         let timeout = self.limits.idle_timeout;
+        let before = requests.len();
         requests.retain(|key, s| {
             let keep = s
                 .try_lock()
@@ -165,31 +270,44 @@ impl ShardRunner {
             }
             keep
         });
+        if requests.len() < before {
+            self.room.notify_all();
+        }
     }
 
     /// Frees requests idle past the timeout; returns how many remain.
     pub fn sweep(&self) -> usize {
-        let mut requests = self.requests.lock().expect("requests poisoned");
-        self.evict_idle(&mut requests);
-        requests.len()
+        let mut table = self.table();
+        self.evict_idle(&mut table.requests);
+        table.requests.len()
     }
 
     /// Frees a request's KV cache. Returns whether it existed.
     pub fn release(&self, key: &str) -> bool {
-        self.requests
-            .lock()
-            .expect("requests poisoned")
-            .remove(key)
-            .is_some()
+        let freed = self.table().requests.remove(key).is_some();
+        if freed {
+            self.room.notify_all();
+        }
+        freed
+    }
+
+    /// (forward passes, sequence chunks) the shard's scheduler has run: how much batching there
+    /// was.
+    pub fn batch_stats(&self) -> (u64, u64) {
+        self.scheduler.stats()
     }
 
     /// Requests currently holding a cache, and the bytes those caches use.
     pub fn usage(&self) -> (usize, usize) {
-        let requests = self.requests.lock().expect("requests poisoned");
-        let bytes = requests
+        let table = self.table();
+        let tokens: usize = table
+            .requests
             .values()
-            .filter_map(|s| s.try_lock().ok().map(|s| s.cache.bytes()))
+            .map(|s| s.lock().expect("request state poisoned").position)
             .sum();
-        (requests.len(), bytes)
+        (
+            table.requests.len(),
+            tokens * self.model.kv_bytes_per_token(),
+        )
     }
 }

@@ -217,10 +217,17 @@ pub struct ServeArgs {
         env = "EXO_KV_IDLE_TIMEOUT"
     )]
     pub kv_idle_timeout: u64,
-    /// KV-cache memory this node may hold across requests; beyond it new requests are refused
-    /// (HTTP 429) rather than risk running out of memory.
-    #[arg(long, value_name = "BYTES", default_value = "4G", env = "EXO_MAX_KV_MEMORY", value_parser = parse_memory)]
-    pub max_kv_memory: u64,
+    /// KV-cache memory this node may hold across the requests of a loaded shard (default: half
+    /// the memory available at start). A new request that does not fit waits in a bounded queue
+    /// for others to finish; it is refused (HTTP 429) only when that queue is full.
+    #[arg(
+        long,
+        alias = "max-kv-memory",
+        value_name = "BYTES",
+        env = "EXO_MAX_KV_MEMORY",
+        value_parser = parse_memory
+    )]
+    pub kv_memory: Option<u64>,
 }
 
 /// Sampling and length settings of a generation.
@@ -277,6 +284,11 @@ pub struct RunArgs {
     /// How long to wait for --wait-peers, in seconds.
     #[arg(long, default_value_t = 60)]
     pub wait_timeout: u64,
+    /// Also run this many streams at once (each a --prompt-tokens prompt, then --gen-tokens
+    /// tokens) for each count listed, e.g. `1,4,8`: aggregate and per-stream tok/s and time to
+    /// first token, on one node and on the ring (the ring defaults to 1,4).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub concurrency: Vec<usize>,
 }
 
 impl MeshArgs {
@@ -332,4 +344,9 @@ pub struct BenchArgs {
     /// How long to wait for --wait-peers, in seconds.
     #[arg(long, default_value_t = 60)]
     pub wait_timeout: u64,
+    /// Also run this many streams at once (each a --prompt-tokens prompt, then --gen-tokens
+    /// tokens) for each count listed, e.g. `1,4,8`: aggregate and per-stream tok/s and time to
+    /// first token, on one node and on the ring (the ring defaults to 1,4).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub concurrency: Vec<usize>,
 }

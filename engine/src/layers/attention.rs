@@ -2,6 +2,7 @@
 //! the f16 KV cache and ggml's flash-attention numerics (see [`crate::attention`]).
 
 use candle_core::{Result, Tensor};
+use rayon::prelude::*;
 
 use super::{Linear, RmsNorm, Rope, StepContext, Weights};
 use crate::{
@@ -73,19 +74,30 @@ impl Attention {
         }
     }
 
+    /// `x`: `[1, rows, hidden]`, the rows of the sequences of `ctx.segments` stacked in order;
+    /// `kvs`: each sequence's cache of this layer. Projections run over all rows at once (each
+    /// row's result independent of the others); each sequence appends to and attends over its
+    /// own cache at its own positions.
     pub(super) fn forward(
         &self,
         x: &Tensor,
         ropes: &[Rope],
         ctx: &StepContext,
-        kv: &mut LayerKv,
+        kvs: &mut [&mut LayerKv],
     ) -> Result<Tensor> {
-        let (b, seq, _) = x.dims3()?;
+        let (b, rows, _) = x.dims3()?;
+        if b != 1 || kvs.len() != ctx.segments.len() {
+            candle_core::bail!(
+                "attention takes one batch of stacked rows with a cache per sequence, got {b} batches, {} caches for {} sequences",
+                kvs.len(),
+                ctx.segments.len()
+            )
+        }
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let [q, k, v] = Linear::forward_many([&self.q, &self.k, &self.v], x)?;
-        let q = q.reshape((b, seq, nh, hd))?;
-        let k = k.reshape((b, seq, nkv, hd))?;
-        let v = v.reshape((b, seq, nkv, hd))?;
+        let q = q.reshape((b, rows, nh, hd))?;
+        let k = k.reshape((b, rows, nkv, hd))?;
+        let v = v.reshape((b, rows, nkv, hd))?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q)?,
             None => q,
@@ -101,17 +113,15 @@ impl Attention {
         let rope = &ropes[self.rope];
         let q = rope.apply(&q, cos, sin)?;
         let k = rope.apply(&k, cos, sin)?;
-        if b != 1 {
-            candle_core::bail!("attention runs one sequence at a time, got a batch of {b}")
-        }
         // Gemma scales queries before attention (as llama.cpp does); the others scale scores.
         let (q, scale) = if self.prescale_query {
             ((q * self.scale)?, 1.0)
         } else {
             (q, self.scale as f32)
         };
-        let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
-        kv.append(&flat(k)?, &flat(v)?, nkv, seq);
+        if crate::dump::enabled() {
+            crate::dump::tensor("Qcur", &q.transpose(1, 2)?);
+        }
         let shape = AttnShape {
             n_head: nh,
             n_kv_head: nkv,
@@ -119,11 +129,37 @@ impl Attention {
             scale,
             window: self.window,
         };
-        if crate::dump::enabled() {
-            crate::dump::tensor("Qcur", &q.transpose(1, 2)?);
+        // `[heads, rows, head_dim]` as flat vectors; a sequence's rows are a range of each head.
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (q, k, v) = (flat(&q)?, flat(&k)?, flat(&v)?);
+        let rows_of = |t: &[f32], heads: usize, start: usize, len: usize| -> Vec<f32> {
+            (0..heads)
+                .flat_map(|h| &t[(h * rows + start) * hd..(h * rows + start + len) * hd])
+                .copied()
+                .collect()
+        };
+        let mut start = 0;
+        let mut work = Vec::with_capacity(kvs.len());
+        for (seg, kv) in ctx.segments.iter().zip(kvs.iter_mut()) {
+            kv.append(
+                &rows_of(&k, nkv, start, seg.len),
+                &rows_of(&v, nkv, start, seg.len),
+                nkv,
+                seg.len,
+            );
+            work.push((rows_of(&q, nh, start, seg.len), &**kv, *seg));
+            start += seg.len;
         }
-        let out = attend(&flat(q)?, kv, ctx.pos, seq, shape);
-        let out = Tensor::from_vec(out, (b, seq, nh * hd), x.device())?;
+        let outs: Vec<Vec<f32>> = if work.len() > 1 {
+            work.into_par_iter()
+                .map(|(q, kv, seg)| attend(&q, kv, seg.pos, seg.len, shape))
+                .collect()
+        } else {
+            work.into_iter()
+                .map(|(q, kv, seg)| attend(&q, kv, seg.pos, seg.len, shape))
+                .collect()
+        };
+        let out = Tensor::from_vec(outs.concat(), (b, rows, nh * hd), x.device())?;
         crate::dump::tensor("kqv_out", &out);
         self.o.forward(&out)
     }

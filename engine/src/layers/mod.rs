@@ -8,13 +8,13 @@ mod norm;
 mod rope;
 mod weights;
 
-use candle_core::{quantized::QMatMul, DType, Result, Tensor, D};
+use candle_core::{quantized::QMatMul, DType, Result, Tensor};
 
 pub use attention::Attention;
 pub use mlp::{Ffn, Mlp};
 pub use moe::{MoeMlp, MoeSpec};
 pub use norm::RmsNorm;
-pub use rope::{Rope, RopeStyle, StepContext};
+pub use rope::{Rope, RopeStyle, Segment, StepContext};
 pub use weights::{HfNames, Weights};
 
 use crate::{attention::LayerKv, quant::QuantMatMul};
@@ -124,11 +124,11 @@ impl Block {
         x: &Tensor,
         ropes: &[Rope],
         ctx: &StepContext,
-        kv: &mut LayerKv,
+        kvs: &mut [&mut LayerKv],
     ) -> Result<Tensor> {
         let normed = self.attn_norm.forward(x)?;
         crate::dump::tensor("attn_norm", &normed);
-        let h = self.attn.forward(&normed, ropes, ctx, kv)?;
+        let h = self.attn.forward(&normed, ropes, ctx, kvs)?;
         let h = match &self.post_attn_norm {
             Some(n) => n.forward(&h)?,
             None => h,
@@ -210,10 +210,4 @@ impl Head {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.output.forward(&self.norm.forward(x)?)
     }
-}
-
-/// Last position of `[batch, seq, hidden]`, keeping the sequence axis.
-pub fn last_position(x: &Tensor) -> Result<Tensor> {
-    let seq = x.dim(1)?;
-    x.narrow(D::Minus2, seq - 1, 1)
 }

@@ -24,14 +24,16 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// cos and sin tables `[seq, dim/2]` for positions `pos..pos+seq`, computed the way ggml
-    /// does (f32 angle advanced by repeated multiplication) so long contexts match llama.cpp.
-    pub fn tables(&self, pos: usize, seq: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    /// cos and sin tables `[rows, dim/2]` for the positions `pos..pos+len` of each segment in
+    /// turn, computed the way ggml does (f32 angle advanced by repeated multiplication) so long
+    /// contexts match llama.cpp.
+    pub fn tables(&self, segments: &[Segment], dev: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.dim / 2;
         let theta_scale = self.base.powf(-2.0 / self.dim as f32);
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for p in pos..pos + seq {
+        let rows: usize = segments.iter().map(|s| s.len).sum();
+        let mut cos = Vec::with_capacity(rows * half);
+        let mut sin = Vec::with_capacity(rows * half);
+        for p in segments.iter().flat_map(|s| s.pos..s.pos + s.len) {
             let mut theta = p as f32;
             for i in 0..half {
                 let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
@@ -42,8 +44,8 @@ impl Rope {
             }
         }
         Ok((
-            Tensor::from_vec(cos, (seq, half), dev)?,
-            Tensor::from_vec(sin, (seq, half), dev)?,
+            Tensor::from_vec(cos, (rows, half), dev)?,
+            Tensor::from_vec(sin, (rows, half), dev)?,
         ))
     }
 
@@ -75,19 +77,26 @@ impl Rope {
     }
 }
 
-/// Per-forward values shared by all layers: the rope tables of each rope setting.
-pub struct StepContext {
+/// One sequence's rows in a batched forward: `len` tokens at positions `pos..pos+len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
     pub pos: usize,
-    pub seq: usize,
+    pub len: usize,
+}
+
+/// Per-forward values shared by all layers: the sequences whose rows are stacked in the batch,
+/// in row order, and the rope tables of each rope setting for those rows.
+pub struct StepContext {
+    pub segments: Vec<Segment>,
     pub(super) ropes: Vec<(Tensor, Tensor)>,
 }
 
 impl StepContext {
-    pub fn new(ropes: &[Rope], pos: usize, seq: usize, dev: &Device) -> Result<Self> {
+    pub fn new(ropes: &[Rope], segments: Vec<Segment>, dev: &Device) -> Result<Self> {
         let ropes = ropes
             .iter()
-            .map(|r| r.tables(pos, seq, dev))
+            .map(|r| r.tables(&segments, dev))
             .collect::<Result<_>>()?;
-        Ok(Self { pos, seq, ropes })
+        Ok(Self { segments, ropes })
     }
 }

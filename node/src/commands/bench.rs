@@ -1,7 +1,8 @@
 //! `exo-p2p bench`: prompt processing (pp) and generation (tg) speed in a llama-bench-like
 //! table. With `--shards K`, also the model split into K in-process shards whose hidden states
 //! pass through the wire encoding; with `--peer`/`--wait-peers`, also the ring of this node and
-//! its peers, plus several concurrent requests on that ring. Every figure sits beside the
+//! its peers. With `--concurrency 1,4,8` (and on a ring, by default 1,4), also that many streams
+//! at once: aggregate and per-stream tok/s and time to first token. Every figure sits beside the
 //! single-node one from the same run.
 
 use std::{
@@ -107,35 +108,100 @@ impl Stepper for BoxedStepper {
     }
 }
 
-/// Total generated tokens per second of `n` requests generating `gen` tokens at once.
-async fn concurrent_tg(
-    node: &Node,
-    model: &str,
+/// What `n` streams run at once measured.
+struct Concurrent {
     n: usize,
+    /// Generated tokens of all streams over the wall time from the first start to the last end.
+    aggregate: f64,
+    /// Mean over streams of (tokens after the first) / (time after the first).
+    per_stream: f64,
+    ttft_p50: f64,
+    ttft_p99: f64,
+}
+
+/// Nearest-rank percentile of sorted `xs`.
+fn percentile(xs: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * xs.len() as f64).ceil() as usize;
+    xs[rank.clamp(1, xs.len()) - 1]
+}
+
+/// `n` streams started together, each prefilling `prompt` and generating `gen` tokens.
+async fn concurrent(
+    n: usize,
+    make: &impl Fn() -> BoxedStepper,
     prompt: &[u32],
     gen: usize,
-) -> Result<f64> {
-    let plan = node.plan(model)?;
+) -> Result<Concurrent> {
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let mut s = RingStepper::new(node.ring(), plan.clone());
-            let prompt = prompt[..1].to_vec();
+            let mut s = make();
+            let prompt = prompt.to_vec();
             tokio::spawn(async move {
                 let p = SamplingParams::greedy();
                 let mut tok = s.step(0, &prompt, &p).await?;
-                for pos in 1..=gen {
+                let first = Instant::now();
+                let ttft = start.elapsed().as_secs_f64();
+                for pos in prompt.len()..prompt.len() + gen.saturating_sub(1) {
                     tok = s.step(pos, &[tok.id], &p).await?;
                 }
+                let rate = gen.saturating_sub(1) as f64 / first.elapsed().as_secs_f64();
                 s.release().await;
-                anyhow::Ok(())
+                anyhow::Ok((ttft, rate))
             })
         })
         .collect();
+    let mut ttfts = Vec::with_capacity(n);
+    let mut rates = Vec::with_capacity(n);
     for t in tasks {
-        t.await??;
+        let (ttft, rate) = t.await??;
+        ttfts.push(ttft);
+        rates.push(rate);
     }
-    Ok((n * gen) as f64 / start.elapsed().as_secs_f64())
+    let wall = start.elapsed().as_secs_f64();
+    ttfts.sort_by(f64::total_cmp);
+    Ok(Concurrent {
+        n,
+        aggregate: (n * gen) as f64 / wall,
+        per_stream: rates.iter().sum::<f64>() / n as f64,
+        ttft_p50: percentile(&ttfts, 50.0),
+        ttft_p99: percentile(&ttfts, 99.0),
+    })
+}
+
+/// Runs [`concurrent`] for each count; the table lines, with each count's aggregate against
+/// one stream's.
+async fn concurrency_table(
+    config: &str,
+    counts: &[usize],
+    make: impl Fn() -> BoxedStepper,
+    prompt: &[u32],
+    gen: usize,
+) -> Result<Vec<String>> {
+    let mut lines = vec![
+        format!(
+            "{config}: {counts:?} streams at once, pp{} + tg{gen} each",
+            prompt.len()
+        ),
+        "| streams | aggregate t/s | per-stream t/s | TTFT p50 ms | TTFT p99 ms | vs 1 stream |"
+            .to_string(),
+        "| ---: | ---: | ---: | ---: | ---: | ---: |".to_string(),
+    ];
+    let mut one = None;
+    for &n in counts {
+        let c = concurrent(n.max(1), &make, prompt, gen).await?;
+        let base = *one.get_or_insert(if c.n == 1 { c.aggregate } else { f64::NAN });
+        lines.push(format!(
+            "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2}x |",
+            c.n,
+            c.aggregate,
+            c.per_stream,
+            c.ttft_p50 * 1000.0,
+            c.ttft_p99 * 1000.0,
+            c.aggregate / base
+        ));
+    }
+    Ok(lines)
 }
 
 pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
@@ -147,6 +213,7 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
     prompt.truncate(args.prompt_tokens.max(1));
 
     let mut rows = Vec::new();
+    let mut extra = Vec::new();
     let mut configs = vec![1];
     if args.shards > 1 {
         configs.push(args.shards);
@@ -171,9 +238,13 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
             &args,
         )
         .await?;
+        if k == 1 && !args.concurrency.is_empty() {
+            let make = || BoxedStepper::Local(LocalStepper::new(ring.clone()));
+            let table = concurrency_table(&name, &args.concurrency, make, &prompt, args.gen_tokens);
+            extra.extend(table.await?);
+        }
     }
 
-    let mut extra = Vec::new();
     if args.mesh.joins() || args.wait_peers > 0 {
         let opts = args
             .mesh
@@ -196,12 +267,13 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
             &args,
         )
         .await?;
-        let single = concurrent_tg(&node, &info.id, 1, &prompt, args.gen_tokens).await?;
-        let four = concurrent_tg(&node, &info.id, 4, &prompt, args.gen_tokens).await?;
-        extra.push(format!(
-            "{name}: 4 concurrent requests generate {four:.2} tok/s in total, {:.2}x one request ({single:.2} tok/s)",
-            four / single
-        ));
+        let counts = if args.concurrency.is_empty() {
+            vec![1, 4]
+        } else {
+            args.concurrency.clone()
+        };
+        let make = || BoxedStepper::Ring(RingStepper::new(ring.clone(), plan.clone()));
+        extra.extend(concurrency_table(&name, &counts, make, &prompt, args.gen_tokens).await?);
     }
 
     let size = info.weight_bytes as f64 / (1 << 20) as f64;
@@ -219,7 +291,8 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
         );
     }
     for line in extra {
-        println!("\n{line}");
+        let gap = if line.starts_with('|') { "" } else { "\n" };
+        println!("{gap}{line}");
     }
     Ok(())
 }

@@ -77,7 +77,8 @@ impl MeshArgs {
 pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
     let mut opts = args.mesh.node_options(args.model.clone(), 52416, threads)?;
     opts.limits.idle_timeout = Duration::from_secs(args.kv_idle_timeout.max(1));
-    opts.limits.max_kv_bytes = args.max_kv_memory as usize;
+    opts.limits.max_kv_bytes = args.kv_memory.unwrap_or_else(default_kv_memory) as usize;
+    tracing::info!(bytes = opts.limits.max_kv_bytes, "KV-cache budget");
     // Bind the API first: a port already in use is an error before anything else starts.
     let listener = tokio::net::TcpListener::bind((args.api_host.as_str(), args.api_port))
         .await
@@ -113,6 +114,13 @@ pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
     // Give in-flight replies a moment to leave.
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// Half the memory available now (what the weights take comes out of the other half, or out of
+/// this budget on a small machine), and at least 256 MiB.
+fn default_kv_memory() -> u64 {
+    let (_, available) = crate::sysinfo::memory();
+    (available / 2).max(256 << 20)
 }
 
 /// The swarm's listen addresses once each of `wanted` is bound (port 0 resolved), or what is
