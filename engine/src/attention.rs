@@ -15,8 +15,9 @@ pub fn round_f16(x: f32) -> f32 {
     // Normal f16 range: keep 10 mantissa bits, rounding the 13 dropped ones to nearest even.
     let normal = f32::from_bits(b.wrapping_add(0x0fff + ((b >> 13) & 1)) & 0xffff_e000);
     // Below 2^-14 f16 is subnormal, with a fixed step of 2^-24: adding 0.75 (whose ulp is
-    // 2^-24) makes the FPU round to that step.
-    let subnormal = (x + 0.75) - 0.75;
+    // 2^-24) makes the FPU round to that step; a value that rounds to zero keeps its sign,
+    // as F16C's and `fcvtn`'s conversions keep it.
+    let subnormal = ((x + 0.75) - 0.75).copysign(x);
     let r = if abs < 0x3880_0000 { subnormal } else { normal };
     // Past f16's largest finite value everything rounds to infinity (NaN stays NaN).
     if abs > 0x7f80_0000 {
@@ -269,7 +270,7 @@ mod tests {
             let want = half::f16::from_f32(v).to_f32();
             let got = round_f16(v);
             assert!(
-                got == want || (got.is_nan() && want.is_nan()),
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                 "{v:e}: {got:e} vs {want:e}"
             );
         };
