@@ -222,11 +222,11 @@ impl ChatTemplate {
             (tools_as_text(messages, tools), None)
         };
         tmpl.render(minijinja::context! {
-            messages => minijinja::Value::from_serialize(&messages),
+            messages => minijinja::Value::from(minijinja::value::Serde(&messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            tools => tools.map(minijinja::Value::from_serialize),
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
         })
         .map_err(|e| {
             let mut msg = e.to_string();

@@ -195,7 +195,66 @@ impl Constraint {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use exo_protocol::SamplingParams;
+    use serde_json::json;
+
     use super::*;
+    use crate::{sampling::Sampler, ModelInfo};
+
+    const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+    const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+    /// A real test model's tokenizer (scripts/fetch-test-models.sh; EXO_TEST_MODELS).
+    fn tokenizer(name: &str) -> TextTokenizer {
+        let dir = std::env::var("EXO_TEST_MODELS").map_or_else(
+            |_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/exo-p2p/test-models")
+            },
+            PathBuf::from,
+        );
+        let path = dir.join(name);
+        assert!(
+            path.exists(),
+            "test model {} is missing: run scripts/fetch-test-models.sh (or set EXO_TEST_MODELS)",
+            path.display()
+        );
+        ModelInfo::load(&path).expect("test model loads").tokenizer
+    }
+
+    fn weather() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": false,
+        })
+    }
+
+    /// Every string, number and list is bounded, so any path through the grammar ends.
+    fn person() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 12},
+                "age": {"type": "integer", "minimum": 0, "maximum": 150},
+                "languages": {"type": "array", "items": {"type": "string", "maxLength": 8},
+                              "minItems": 1, "maxItems": 3},
+                "role": {"enum": ["dev", "ops"]},
+            },
+            "required": ["name", "age", "languages", "role"],
+            "additionalProperties": false,
+        })
+    }
+
+    fn allowed(mask: &TokenMask, n: usize) -> Vec<u32> {
+        (0..n as u32).filter(|&id| mask.allows(id)).collect()
+    }
 
     #[test]
     fn byte_tables() {
@@ -205,5 +264,196 @@ mod tests {
         assert_eq!(chars.len(), 256);
         assert_eq!(chars[&'\u{120}'], b' ');
         assert_eq!(chars[&'a'], b'a');
+    }
+
+    #[test]
+    fn token_bytes_spell_what_the_tokenizer_encodes() {
+        // Byte-level BPE (Qwen) and SentencePiece with byte fallback (Gemma).
+        for name in [QWEN, GEMMA] {
+            let tok = tokenizer(name);
+            let words = token_bytes(&tok).unwrap();
+            for text in [
+                "{\"name\": \"Zoë\", \"age\": 42}\n",
+                "naïve café — 東京 🙂\t[1, 2]",
+            ] {
+                let ids = tok.encode(text, false).unwrap();
+                let spelled: Vec<u8> = ids
+                    .iter()
+                    .flat_map(|&id| words[id as usize].clone())
+                    .collect();
+                // SentencePiece prepends a space to the text it encodes.
+                let spelled = spelled
+                    .strip_prefix(b" ")
+                    .filter(|_| !text.starts_with(' '))
+                    .unwrap_or(&spelled);
+                assert_eq!(String::from_utf8_lossy(spelled), text, "{name}");
+            }
+            for &eog in tok.eog_ids() {
+                assert_eq!(
+                    words[eog as usize][0],
+                    TokTrie::SPECIAL_TOKEN_MARKER,
+                    "{name}: eog {eog}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn masks_allow_only_valid_continuations() {
+        let tok = tokenizer(QWEN);
+        let n = tok.vocab_size();
+        let words = token_bytes(&tok).unwrap();
+        let vocab = ConstraintVocab::new(&tok).unwrap();
+        let mut c = Constraint::json_schema(&vocab, &weather()).unwrap();
+
+        // The output must open the object: every allowed token spells a prefix of `{"city": "`
+        // or starts with it (then the city's text), and prose or end-of-generation is refused.
+        let first = allowed(&c.mask().unwrap(), n);
+        assert!(!first.is_empty());
+        let opening = b"{\"city\": \"";
+        for &id in &first {
+            let w = &words[id as usize];
+            assert!(
+                opening.starts_with(w) || w.starts_with(opening),
+                "token {id} {:?} allowed first",
+                String::from_utf8_lossy(w)
+            );
+        }
+        // The forced opening is offered as the tokenizer would split it (`{"` here), not `{`.
+        let canonical = tok.encode("{\"city\": \"", false).unwrap();
+        assert!(first.contains(&canonical[0]), "{first:?}");
+        for refused in ["Hello", " {", "\n", "["] {
+            let id = tok.encode(refused, false).unwrap()[0];
+            assert!(!first.contains(&id), "{refused:?} allowed first");
+        }
+        assert!(tok.eog_ids().iter().all(|e| !first.contains(e)));
+
+        // The tokenizer's split of a valid prefix is accepted; then only the enum's values fit.
+        for id in tok
+            .encode("{\"city\": \"Paris\", \"unit\": \"", false)
+            .unwrap()
+        {
+            c.advance(id).unwrap();
+        }
+        let unit = allowed(&c.mask().unwrap(), n);
+        assert!(!unit.is_empty());
+        for &id in &unit {
+            let w = &words[id as usize];
+            assert!(
+                [&b"celsius\"}"[..], b"fahrenheit\"}"]
+                    .iter()
+                    .any(|v| v.starts_with(w)),
+                "token {id} {:?} allowed in the enum",
+                String::from_utf8_lossy(w)
+            );
+        }
+        for id in tok.encode("celsius\"}", false).unwrap() {
+            c.advance(id).unwrap();
+        }
+        // Done: end of generation and nothing else.
+        let end = allowed(&c.mask().unwrap(), n);
+        assert!(
+            !end.is_empty() && end.iter().all(|id| tok.eog_ids().contains(id)),
+            "{end:?}"
+        );
+    }
+
+    /// A seeded stand-in for a model: random logits, optionally pushing hard toward what a
+    /// grammar must refuse (ending at once, blanks, prose).
+    fn fake_logits(state: &mut u64, n: usize, hostile: &[u32]) -> Vec<f32> {
+        let mut logits: Vec<f32> = (0..n)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                (*state >> 40) as f32 / (1u64 << 24) as f32 * 10.0
+            })
+            .collect();
+        for &id in hostile {
+            logits[id as usize] += 1000.0;
+        }
+        logits
+    }
+
+    #[test]
+    fn random_and_hostile_models_still_write_schema_valid_json() {
+        for name in [QWEN, GEMMA] {
+            let tok = tokenizer(name);
+            let n = tok.vocab_size();
+            let vocab = ConstraintVocab::new(&tok).unwrap();
+            let mut hostile: Vec<u32> = tok.eog_ids().to_vec();
+            for t in [" ", "\n", "Hello", "}", "```"] {
+                hostile.extend(tok.encode(t, false).unwrap());
+            }
+            for (seed, push) in [(1u64, false), (2, false), (3, true), (4, true)] {
+                let mut c = Constraint::json_schema(&vocab, &person()).unwrap();
+                let mut sampler = Sampler::new(if seed % 2 == 0 {
+                    SamplingParams::greedy()
+                } else {
+                    SamplingParams {
+                        temperature: 1.5,
+                        seed,
+                        ..SamplingParams::default()
+                    }
+                });
+                let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut out = Vec::new();
+                let finished = (0..400).any(|_| {
+                    let mask = c.mask().unwrap();
+                    let logits = fake_logits(&mut state, n, if push { &hostile } else { &[] });
+                    let id = sampler.sample_slice_masked(&logits, Some(&mask)).id;
+                    assert!(mask.allows(id), "sampled {id} outside the mask");
+                    if tok.is_eog(id) {
+                        return true;
+                    }
+                    c.advance(id).unwrap();
+                    out.push(id);
+                    false
+                });
+                let text = tok.decode(&out).unwrap();
+                assert!(
+                    finished,
+                    "{name} seed {seed}: no end after 400 tokens: {text}"
+                );
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{name} seed {seed}: {e}: {text}"));
+                let o = v.as_object().unwrap();
+                // In the schema's order, as OpenAI's strict mode writes them.
+                let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+                assert_eq!(keys, ["name", "age", "languages", "role"], "{text}");
+                let name_len = o["name"].as_str().unwrap().chars().count();
+                assert!((1..=12).contains(&name_len), "{text}");
+                assert!((0..=150).contains(&o["age"].as_i64().unwrap()), "{text}");
+                let langs = o["languages"].as_array().unwrap();
+                assert!((1..=3).contains(&langs.len()), "{text}");
+                assert!(
+                    langs
+                        .iter()
+                        .all(|l| l.as_str().is_some_and(|s| s.chars().count() <= 8)),
+                    "{text}"
+                );
+                assert!(
+                    ["dev", "ops"].contains(&o["role"].as_str().unwrap()),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_schemas_are_refused_with_the_reason() {
+        let tok = tokenizer(QWEN);
+        let vocab = ConstraintVocab::new(&tok).unwrap();
+        let e = Constraint::json_schema(&vocab, &json!("object"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("must be an object"), "{e}");
+        let e = Constraint::json_schema(
+            &vocab,
+            &json!({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}),
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("invalid JSON schema"), "{e}");
     }
 }

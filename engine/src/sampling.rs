@@ -43,8 +43,19 @@ impl Sampler {
         Ok(self.sample_masked(&logits, allowed))
     }
 
+    #[cfg(test)]
     fn sample_slice(&mut self, raw: &[f32]) -> TokenOut {
         self.sample_masked(raw, None)
+    }
+
+    /// [`Self::sample`] over logits already on the host.
+    #[cfg(test)]
+    pub(crate) fn sample_slice_masked(
+        &mut self,
+        raw: &[f32],
+        allowed: Option<&TokenMask>,
+    ) -> TokenOut {
+        self.sample_masked(raw, allowed)
     }
 
     fn sample_masked(&mut self, raw: &[f32], allowed: Option<&TokenMask>) -> TokenOut {

@@ -79,12 +79,7 @@ fn openai_client_and_browser_against_one_node() {
         "--api-key",
         "sekrit",
     ]);
-<<<<<<< HEAD
-    pytest(&a, "sekrit", "openai_client or real_node or web_page");
-=======
-    a.wait_ready();
     pytest(&a, "sekrit", &format!("{AGENT_SURFACES} or web_page"));
->>>>>>> 4fde9bd (WIP, NOT BUILT (the machine was too loaded to compile engine/node before the stop): llguidance constraint (engine/src/constraint.rs), masked sampling (sampling.rs, runner.rs), chat templates with tools (chat_template.rs, info.rs), node/src/backend.rs Constrained stepper (grammar mask per step on the driver), real_clients.rs filters for the new Python tests, README endpoints)
 }
 
 #[test]
