@@ -1,16 +1,39 @@
 //! Chat templates: the model's `tokenizer.chat_template` (Jinja) rendered with minijinja and the
 //! helpers Hugging Face templates rely on, so instruct models get the prompt format they were
 //! trained on. Models without a template get their family's format (Gemma) or ChatML.
+//!
+//! Tools: templates that know `tools` (Qwen 2.5, Llama 3.1, Mistral) get the definitions, the
+//! assistant's `tool_calls` and `tool` results in Hugging Face's shapes. For templates that do
+//! not, the definitions and calls are written as Hermes-style text (`<tool_call>{...}</tool_call>`,
+//! `<tool_response>`) into the system and user turns, which the API's tool-call parser reads.
 
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::error::{EngineError, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// The calls an assistant turn made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` turn: the function that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A function call as templates see it; `arguments` is a JSON value (an object), not text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: Value,
 }
 
 impl ChatMessage {
@@ -18,8 +41,81 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
     }
+
+    /// Hugging Face's message shape (`tool_calls[].function.{name, arguments}`).
+    fn to_template(&self) -> Value {
+        let mut m = json!({ "role": self.role, "content": self.content });
+        if !self.tool_calls.is_empty() {
+            m["tool_calls"] = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "type": "function",
+                        "function": { "name": c.name, "arguments": c.arguments },
+                    })
+                })
+                .collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = json!(id);
+        }
+        if let Some(name) = &self.name {
+            m["name"] = json!(name);
+        }
+        m
+    }
+}
+
+/// How a model without tool support in its template is told about tools (Hermes' wording,
+/// which Qwen and many fine-tunes were trained on).
+const TOOLS_PREAMBLE: &str = "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+const TOOLS_EPILOGUE: &str = "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>";
+
+/// JSON as Python's `json.dumps` writes it (`, ` and `: `, non-ASCII kept), which is what
+/// Hugging Face's `tojson` gives the templates the models were trained with.
+pub fn python_json(value: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    value.serialize(&mut ser).expect("JSON values serialize");
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 const CHATML: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}";
@@ -29,6 +125,8 @@ const GEMMA: &str = "{{ bos_token }}{%- for message in messages %}{%- set role =
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Whether the template renders `tools` itself.
+    knows_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -48,6 +146,7 @@ impl ChatTemplate {
                 CHATML.to_string()
             }
         });
+        let knows_tools = source.contains("tools");
         let mut env = Environment::new();
         // Hugging Face renders templates with these settings.
         env.set_syntax(
@@ -71,26 +170,63 @@ impl ChatTemplate {
             let _ = fmt;
             "26 Jul 2024".to_string()
         });
+        env.add_filter(
+            "tojson",
+            |v: minijinja::Value,
+             kwargs: minijinja::value::Kwargs|
+             -> std::result::Result<minijinja::Value, minijinja::Error> {
+                // `indent` is accepted and ignored: the prompt has no use for pretty JSON.
+                let _: Option<minijinja::Value> = kwargs.get("indent")?;
+                let v: Value = serde_json::to_value(&v).map_err(|e| {
+                    minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string())
+                })?;
+                Ok(minijinja::Value::from_safe_string(python_json(&v)))
+            },
+        );
         env.add_template_owned("chat", source)
             .map_err(|e| EngineError::Template(e.to_string()))?;
         Ok(Self {
             env,
+            knows_tools,
             bos_token,
             eos_token,
         })
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders with `tools`: OpenAI-style definitions (`{"type": "function", "function":
+    /// {"name", "description", "parameters"}}`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| EngineError::Template(e.to_string()))?;
+        let uses_tools = !tools.is_empty()
+            || messages
+                .iter()
+                .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        let (messages, tools): (Vec<Value>, Option<&[Value]>) = if self.knows_tools || !uses_tools {
+            (
+                messages.iter().map(ChatMessage::to_template).collect(),
+                (!tools.is_empty()).then_some(tools),
+            )
+        } else {
+            (tools_as_text(messages, tools), None)
+        };
         tmpl.render(minijinja::context! {
-            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            messages => minijinja::Value::from(minijinja::value::Serde(&messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            tools => Option::<()>::None,
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
         })
         .map_err(|e| {
             let mut msg = e.to_string();
@@ -106,6 +242,61 @@ impl ChatTemplate {
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
+}
+
+/// Tool definitions, calls and results written as plain turns, for templates without tools:
+/// definitions join the system turn, calls the assistant's text, results become user turns.
+fn tools_as_text(messages: &[ChatMessage], tools: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    if !tools.is_empty() {
+        let mut system = String::new();
+        if let Some(first) = messages.first().filter(|m| m.role == "system") {
+            system.push_str(&first.content);
+            system.push_str("\n\n");
+        }
+        system.push_str(TOOLS_PREAMBLE);
+        for t in tools {
+            system.push('\n');
+            system.push_str(&python_json(t));
+        }
+        system.push_str(TOOLS_EPILOGUE);
+        out.push(json!({ "role": "system", "content": system }));
+    }
+    let skip =
+        usize::from(!tools.is_empty() && messages.first().is_some_and(|m| m.role == "system"));
+    for m in &messages[skip..] {
+        let (role, text) = match m.role.as_str() {
+            "tool" => (
+                "user",
+                format!("<tool_response>\n{}\n</tool_response>", m.content),
+            ),
+            "assistant" if !m.tool_calls.is_empty() => {
+                let mut text = m.content.clone();
+                for c in &m.tool_calls {
+                    let call = json!({ "name": c.name, "arguments": c.arguments });
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!(
+                        "<tool_call>\n{}\n</tool_call>",
+                        python_json(&call)
+                    ));
+                }
+                ("assistant", text)
+            }
+            role => (role, m.content.clone()),
+        };
+        // Tool results in a row (and a user turn after them) share one turn, so templates
+        // that insist on alternating roles accept the conversation.
+        match out.last_mut() {
+            Some(last) if last["role"] == role && role == "user" => {
+                let joined = format!("{}\n{}", last["content"].as_str().unwrap_or(""), text);
+                last["content"] = json!(joined);
+            }
+            _ => out.push(json!({ "role": role, "content": text })),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -137,6 +328,62 @@ mod tests {
         assert_eq!(
             out,
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    fn weather_tool() -> Value {
+        json!({"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})
+    }
+
+    fn tool_conversation() -> Vec<ChatMessage> {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls.push(ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: json!({"city": "Paris"}),
+        });
+        let mut result = ChatMessage::new("tool", "{\"temp_c\": 21}");
+        result.tool_call_id = Some("call_1".into());
+        vec![ChatMessage::new("user", "Weather in Paris?"), call, result]
+    }
+
+    #[test]
+    fn a_template_with_tools_gets_definitions_calls_and_results() {
+        // The shape of Qwen 2.5's template, reduced.
+        let src = "{%- if tools %}<tools>{%- for t in tools %}{{ t | tojson }}{%- endfor %}</tools>{%- endif %}\
+            {%- for m in messages %}[{{ m.role }}]{{ m.content }}\
+            {%- for c in m.tool_calls %}{{ c.function.name }}({{ c.function.arguments | tojson }}){%- endfor %}{%- endfor %}";
+        let t = ChatTemplate::new(Some(src.into()), "qwen2", String::new(), String::new()).unwrap();
+        let out = t
+            .render_with_tools(&tool_conversation(), &[weather_tool()], false)
+            .unwrap();
+        assert_eq!(
+            out,
+            "<tools>{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather now\", \
+             \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}</tools>\
+             [user]Weather in Paris?[assistant]get_weather({\"city\": \"Paris\"})[tool]{\"temp_c\": 21}"
+        );
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_them_as_hermes_text() {
+        let t = ChatTemplate::new(None, "gemma3", "<bos>".into(), "<eos>".into()).unwrap();
+        let out = t
+            .render_with_tools(&tool_conversation(), &[weather_tool()], true)
+            .unwrap();
+        assert!(
+            out.starts_with("<bos><start_of_turn>user\n# Tools"),
+            "{out}"
+        );
+        assert!(out.contains("\"name\": \"get_weather\""), "{out}");
+        assert!(
+            out.contains("<start_of_turn>model\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><end_of_turn>"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("<start_of_turn>user\n<tool_response>\n{\"temp_c\": 21}\n</tool_response><end_of_turn>\n<start_of_turn>model\n"),
+            "{out}"
         );
     }
 

@@ -81,7 +81,16 @@ impl ModelInfo {
     /// Token ids of a conversation rendered through the chat template, ready for the
     /// assistant's reply.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.chat.render(messages, true)?;
+        self.encode_chat_with_tools(messages, &[])
+    }
+
+    /// [`Self::encode_chat`] with tool definitions (OpenAI's `tools` entries).
+    pub fn encode_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<Vec<u32>> {
+        let text = self.chat.render_with_tools(messages, tools, true)?;
         // Templates that write the BOS token themselves must not get a second one.
         let bos = self.chat.bos_token();
         let add_bos = bos.is_empty() || !text.starts_with(bos);

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod attention_tiled;
 pub mod chat_template;
+pub mod constraint;
 pub mod dump;
 pub mod error;
 pub mod frame;
@@ -27,7 +28,8 @@ pub mod spec;
 pub mod text_stream;
 pub mod tokenizer;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, ToolCall};
+pub use constraint::{Constraint, ConstraintVocab};
 pub use error::{EngineError, Result};
 pub use info::{model_id, ModelInfo};
 pub use kv_cache::KvCache;

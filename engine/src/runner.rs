@@ -151,7 +151,9 @@ impl ShardRunner {
         match state.sampler.as_mut() {
             Some(sampler) => {
                 sampler.observe(tokens);
-                Ok(StepOutput::Token(sampler.sample(&out)?))
+                Ok(StepOutput::Token(
+                    sampler.sample(&out, sampling.allowed.as_ref())?,
+                ))
             }
             None => Ok(StepOutput::Hidden(out)),
         }

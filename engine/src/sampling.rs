@@ -1,8 +1,9 @@
 //! Turning logits into the next token: greedy at temperature 0, otherwise repetition penalty,
-//! top-k, temperature, top-p and min-p, then a seeded draw.
+//! top-k, temperature, top-p and min-p, then a seeded draw. A step's token mask (a grammar's,
+//! see [`crate::constraint`]) removes the tokens it does not allow before anything else.
 
 use candle_core::{Result, Tensor};
-use exo_protocol::{SamplingParams, TokenOut};
+use exo_protocol::{SamplingParams, TokenMask, TokenOut};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Sampling state of one request: its settings, its random stream and the tokens it has seen
@@ -34,16 +35,43 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token from logits `[vocab]` (or `[1, vocab]`, `[1, 1, vocab]`). The
-    /// chosen token is not observed here: it comes back as the next step's input.
-    pub fn sample(&mut self, logits: &Tensor) -> Result<TokenOut> {
+    /// Picks the next token from logits `[vocab]` (or `[1, vocab]`, `[1, 1, vocab]`), among
+    /// the tokens `allowed` (all when `None`). The chosen token is not observed here: it comes
+    /// back as the next step's input. Log-probabilities are the model's, before the mask.
+    pub fn sample(&mut self, logits: &Tensor, allowed: Option<&TokenMask>) -> Result<TokenOut> {
         let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        Ok(self.sample_slice(&logits))
+        Ok(self.sample_masked(&logits, allowed))
     }
 
+    #[cfg(test)]
     fn sample_slice(&mut self, raw: &[f32]) -> TokenOut {
+        self.sample_masked(raw, None)
+    }
+
+    /// [`Self::sample`] over logits already on the host.
+    #[cfg(test)]
+    pub(crate) fn sample_slice_masked(
+        &mut self,
+        raw: &[f32],
+        allowed: Option<&TokenMask>,
+    ) -> TokenOut {
+        self.sample_masked(raw, allowed)
+    }
+
+    fn sample_masked(&mut self, raw: &[f32], allowed: Option<&TokenMask>) -> TokenOut {
         let p = self.params.clone();
         let mut logits = raw.to_vec();
+        if let Some(mask) = allowed {
+            // A mask that allows nothing would leave no token; the grammar engine never sends
+            // one (a finished grammar allows end-of-generation), but a peer could.
+            if mask.count() > 0 {
+                for (id, l) in logits.iter_mut().enumerate() {
+                    if !mask.allows(id as u32) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         if p.repeat_penalty != 1.0 && p.repeat_penalty > 0.0 {
             let mut seen = self.recent.clone();
             seen.sort_unstable();
@@ -58,7 +86,7 @@ impl Sampler {
                 }
             }
         }
-        let id = if p.temperature <= 0.0 {
+        let id = if p.temperature <= 0.0 || allowed.is_some_and(|m| m.count() == 1) {
             argmax(&logits)
         } else {
             self.draw(&logits)
@@ -228,6 +256,25 @@ mod tests {
         }));
         s.observe(&[0]);
         assert_eq!(s.sample_slice(&[2.0, 1.5]).id, 1);
+    }
+
+    #[test]
+    fn a_mask_restricts_greedy_and_random_draws() {
+        // Allow ids 1 and 3 only: bits 1 and 3 of the first word.
+        let mask = TokenMask::from_words(&[0b1010]);
+        let logits = [9.0, 1.0, 8.0, 0.5, 7.0];
+        let mut greedy = Sampler::new(SamplingParams::greedy());
+        assert_eq!(greedy.sample_masked(&logits, Some(&mask)).id, 1);
+        let mut hot = Sampler::new(params(|p| {
+            p.temperature = 2.0;
+            p.seed = 3;
+        }));
+        let mut seen = [0usize; 5];
+        for _ in 0..300 {
+            seen[hot.sample_masked(&logits, Some(&mask)).id as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
+        assert!(seen[1] > 0 && seen[3] > 0, "{seen:?}");
     }
 
     #[test]

@@ -1,19 +1,27 @@
 //! The node behind the HTTP API: requests run on the ring of every node serving the model.
+//! A request with a grammar (a JSON schema: structured output, a forced tool call) is
+//! constrained here, on the driver: each step carries the grammar's token mask to the stage
+//! that samples.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime},
+};
 
+use anyhow::Result;
 use exo_api::{
     Backend, BackendError, GenerateRequest, Generation, GenerationEvent, Health, ModelCard, Prompt,
     TokenLogprob,
 };
-use exo_engine::{ChatMessage, ModelInfo};
-use exo_protocol::{ErrorKind, SamplingParams};
+use exo_engine::{ChatMessage, Constraint, ConstraintVocab, ModelInfo, ToolCall};
+use exo_protocol::{ErrorKind, SamplingParams, TokenOut};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
-    generate::{generate, Delta, DeltaSink, GenerateParams},
+    generate::{generate, Delta, DeltaSink, GenerateParams, Stepper},
     node::Node,
     ring::{RingError, RingStepper},
 };
@@ -21,6 +29,68 @@ use crate::{
 pub struct NodeBackend {
     node: Arc<Node>,
     started: u64,
+    /// Each model's vocabulary as the grammar engine sees it, built on first use.
+    vocabs: Mutex<HashMap<String, Arc<ConstraintVocab>>>,
+}
+
+/// A stepper that constrains each sampled token to a grammar: before a step it computes the
+/// allowed tokens, after it moves the grammar past the token sampled.
+struct Constrained<S> {
+    inner: S,
+    constraint: Constraint,
+    /// Time spent computing masks, for the log line at the end.
+    mask_time: std::time::Duration,
+    steps: usize,
+}
+
+impl<S: Stepper> Stepper for Constrained<S> {
+    async fn step(
+        &mut self,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<TokenOut> {
+        let started = Instant::now();
+        let mask = tokio::task::block_in_place(|| self.constraint.mask())?;
+        self.mask_time += started.elapsed();
+        self.steps += 1;
+        let sampling = SamplingParams {
+            allowed: Some(mask),
+            ..sampling.clone()
+        };
+        let token = self.inner.step(position, tokens, &sampling).await?;
+        self.constraint.advance(token.id)?;
+        Ok(token)
+    }
+
+    async fn release(&mut self) {
+        tracing::debug!(
+            steps = self.steps,
+            mask_ms_per_token = format!(
+                "{:.3}",
+                self.mask_time.as_secs_f64() * 1e3 / self.steps.max(1) as f64
+            ),
+            "constrained generation"
+        );
+        self.inner.release().await
+    }
+}
+
+/// The engine's message for the API's: tool-call arguments become JSON values for templates.
+fn engine_message(m: &exo_api::ChatMessage) -> ChatMessage {
+    let mut out = ChatMessage::new(&m.role, &m.content);
+    out.tool_calls = m
+        .tool_calls
+        .iter()
+        .map(|c| ToolCall {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            arguments: c.arguments_value(),
+        })
+        .collect();
+    out.tool_call_id = m.tool_call_id.clone();
+    out.name = m.name.clone();
+    out
 }
 
 impl NodeBackend {
@@ -28,7 +98,55 @@ impl NodeBackend {
         let started = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Self { node, started }
+        Self {
+            node,
+            started,
+            vocabs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The grammar for `schema` over `model`'s vocabulary.
+    async fn constraint(
+        &self,
+        model: &str,
+        info: &Arc<ModelInfo>,
+        schema: serde_json::Value,
+    ) -> Result<Constraint, BackendError> {
+        let cached = self
+            .vocabs
+            .lock()
+            .expect("vocabs poisoned")
+            .get(model)
+            .cloned();
+        let vocab = match cached {
+            Some(v) => v,
+            None => {
+                let info = info.clone();
+                let started = Instant::now();
+                let vocab =
+                    tokio::task::spawn_blocking(move || ConstraintVocab::new(&info.tokenizer))
+                        .await
+                        .map_err(|e| BackendError::Internal(e.to_string()))?
+                        .map_err(|e| {
+                            BackendError::Internal(format!("grammar vocabulary of {model}: {e}"))
+                        })?;
+                tracing::info!(
+                    model,
+                    ms = started.elapsed().as_millis() as u64,
+                    "grammar vocabulary built"
+                );
+                let vocab = Arc::new(vocab);
+                self.vocabs
+                    .lock()
+                    .expect("vocabs poisoned")
+                    .insert(model.to_string(), vocab.clone());
+                vocab
+            }
+        };
+        tokio::task::spawn_blocking(move || Constraint::json_schema(&vocab, &schema))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?
+            .map_err(|e| BackendError::BadRequest(e.to_string()))
     }
 
     fn model_info(&self, model: &str) -> Result<Arc<ModelInfo>, BackendError> {
@@ -136,11 +254,10 @@ impl Backend for NodeBackend {
             let prompt = match &req.prompt {
                 Prompt::Text(t) => info.encode_prompt(t),
                 Prompt::Chat(msgs) => {
-                    let msgs: Vec<ChatMessage> = msgs
-                        .iter()
-                        .map(|m| ChatMessage::new(&m.role, &m.content))
-                        .collect();
-                    info.encode_chat(&msgs)
+                    let msgs: Vec<ChatMessage> = msgs.iter().map(engine_message).collect();
+                    let tools: Vec<serde_json::Value> =
+                        req.tools.iter().map(|t| t.to_template()).collect();
+                    info.encode_chat_with_tools(&msgs, &tools)
                 }
             }
             .map_err(|e| BackendError::BadRequest(e.to_string()))?;
@@ -173,9 +290,13 @@ impl Backend for NodeBackend {
                 max_tokens: max_tokens.min(context - prompt.len()),
                 stop: req.stop.clone(),
             };
+            let constraint = match req.grammar.clone() {
+                Some(schema) => Some(self.constraint(&req.model, &info, schema).await?),
+                None => None,
+            };
             let (tx, mut rx) = mpsc::channel(64);
             let prompt_tokens = prompt.len();
-            let mut stepper = RingStepper::new(self.node.ring(), plan);
+            let stepper = RingStepper::new(self.node.ring(), plan);
             let metrics = self.node.metrics.clone();
             metrics.requests.inc();
             let span =
@@ -187,8 +308,23 @@ impl Backend for NodeBackend {
                         info: info.clone(),
                         logprobs: req.logprobs,
                     };
-                    let result =
-                        generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink).await;
+                    let result = match constraint {
+                        Some(constraint) => {
+                            let mut stepper = Constrained {
+                                inner: stepper,
+                                constraint,
+                                mask_time: Default::default(),
+                                steps: 0,
+                            };
+                            generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink)
+                                .await
+                        }
+                        None => {
+                            let mut stepper = stepper;
+                            generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink)
+                                .await
+                        }
+                    };
                     let event = match result {
                         Ok(s) => {
                             metrics.tokens.inc_by(s.completion_tokens as u64);

@@ -1,5 +1,6 @@
-//! Real clients against real nodes: the official `openai` Python client (and, on one node, a
-//! real browser on the chat page) against `exo-p2p serve` with a real model, alone and as a
+//! Real clients against real nodes: the official `openai`, `anthropic` and `ollama` Python
+//! clients, with tool calls and structured output (and, on one node, a real browser on the chat
+//! page) against `exo-p2p serve` with a real model, alone and as a
 //! 2-node ring (one node serves the API, the other holds layers). Runs tests/python/run.sh.
 //! Without python3-venv these fail unless the user opted out (`EXO_SKIP=python`); without
 //! Chromium the browser test fails unless `EXO_SKIP=chromium` (tests/python/conftest.py).
@@ -12,6 +13,9 @@ use common::*;
 
 const PROMPT: &str = "What is the capital of France? Answer in one word.";
 const MAX_TOKENS: &str = "16";
+/// The client tests of every API surface, tools and structured output included.
+const AGENT_SURFACES: &str =
+    "openai_client or real_node or anthropic_client or ollama_client or tools or responses";
 
 /// Whether python3 with venv is there; fails the test unless the user opted out (EXO_SKIP=python).
 fn python_available(test: &str) -> bool {
@@ -75,7 +79,7 @@ fn openai_client_and_browser_against_one_node() {
         "--api-key",
         "sekrit",
     ]);
-    pytest(&a, "sekrit", "openai_client or real_node or web_page");
+    pytest(&a, "sekrit", &format!("{AGENT_SURFACES} or web_page"));
 }
 
 #[test]
@@ -104,5 +108,5 @@ fn openai_client_through_a_two_node_ring() {
             == 2)
             .then_some(())
     });
-    pytest(&a, "sekrit", "openai_client or real_node");
+    pytest(&a, "sekrit", AGENT_SURFACES);
 }
