@@ -42,17 +42,7 @@ impl Downloader {
                     } else {
                         failures += 1;
                     }
-                    if failures >= self.retry.max_attempts {
-                        return Err(DownloadError::RetriesExhausted {
-                            repo: ctx.repo.into(),
-                            file: file.into(),
-                            attempts: failures,
-                            last: Box::new(e),
-                        });
-                    }
-                    let delay = self.retry.delay(failures);
-                    tracing::warn!(repo = ctx.repo, file, "{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    self.retry.back_off(failures, e, ctx.repo, file).await?;
                 }
                 Err(e) => return Err(e),
             }

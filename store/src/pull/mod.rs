@@ -57,6 +57,29 @@ impl RetryPolicy {
         let jitter = exp.mul_f64(rand::random::<f64>() * 0.25);
         exp + jitter
     }
+
+    /// After the `failures`-th transient failure `e` of fetching `file` of `repo`: wait the
+    /// backoff, or give up with [`DownloadError::RetriesExhausted`] once the attempts are spent.
+    pub async fn back_off(
+        &self,
+        failures: u32,
+        e: DownloadError,
+        repo: &str,
+        file: &str,
+    ) -> Result<()> {
+        if failures >= self.max_attempts {
+            return Err(DownloadError::RetriesExhausted {
+                repo: repo.into(),
+                file: file.into(),
+                attempts: failures,
+                last: Box::new(e),
+            });
+        }
+        let delay = self.delay(failures);
+        tracing::warn!(repo, file, "{e}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -361,17 +384,9 @@ impl Downloader {
             match self.hub.repo_info(&h.repo, &h.revision).await {
                 Err(e) if e.is_transient() => {
                     failures += 1;
-                    if failures >= self.retry.max_attempts {
-                        return Err(DownloadError::RetriesExhausted {
-                            repo: h.repo.clone(),
-                            file: "the file list".into(),
-                            attempts: failures,
-                            last: Box::new(e),
-                        });
-                    }
-                    let delay = self.retry.delay(failures);
-                    tracing::warn!(repo = %h.repo, "{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    self.retry
+                        .back_off(failures, e, &h.repo, "the file list")
+                        .await?;
                 }
                 other => return other,
             }

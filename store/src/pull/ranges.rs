@@ -341,17 +341,7 @@ impl Downloader {
                 Ok(b) => return Ok((b, SOURCE_HUB.into())),
                 Err(e) if e.is_transient() => {
                     failures += 1;
-                    if failures >= self.retry.max_attempts {
-                        return Err(DownloadError::RetriesExhausted {
-                            repo: ctx.repo.into(),
-                            file: file.into(),
-                            attempts: failures,
-                            last: Box::new(e),
-                        });
-                    }
-                    let delay = self.retry.delay(failures);
-                    tracing::warn!(repo = ctx.repo, file, "{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    self.retry.back_off(failures, e, ctx.repo, file).await?;
                 }
                 Err(e) => return Err(e),
             }
