@@ -286,9 +286,16 @@ impl ShardRunner {
 
     /// Frees a request's KV cache. Returns whether it existed.
     pub fn release(&self, key: &str) -> bool {
-        let freed = self.table().requests.remove(key).is_some();
+        let (freed, idle) = {
+            let mut table = self.table();
+            let freed = table.requests.remove(key).is_some();
+            (freed, table.requests.is_empty())
+        };
         if freed {
             self.room.notify_all();
+            if idle {
+                return_freed_memory();
+            }
         }
         freed
     }
@@ -311,5 +318,16 @@ impl ShardRunner {
             table.requests.len(),
             tokens * self.model.kv_bytes_per_token(),
         )
+    }
+}
+
+/// Hands the heap's free pages back to the OS once a shard holds no request. glibc keeps what
+/// the scheduler thread's arena freed (KV caches, batch activations) otherwise, so a node's
+/// resident memory would stay at its peak after a burst of requests.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the OS; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
