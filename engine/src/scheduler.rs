@@ -321,7 +321,8 @@ fn pick(active: &VecDeque<Active>) -> Vec<usize> {
     picked
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+/// The text a caught panic carries (`panic!` with a literal or a formatted message).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

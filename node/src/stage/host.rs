@@ -280,7 +280,10 @@ impl ShardHost {
             Err(panic) => ActivationResponse::error(
                 ErrorKind::Compute,
                 local,
-                format!("forward pass panicked: {}", panic_message(&*panic)),
+                format!(
+                    "forward pass panicked: {}",
+                    exo_engine::scheduler::panic_message(&*panic)
+                ),
             ),
         }
     }
@@ -317,12 +320,4 @@ impl ShardHost {
             Err(e) => ActivationResponse::error(ErrorKind::Unreachable, peer_str, e.to_string()),
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("unknown panic")
 }
