@@ -1,9 +1,9 @@
 //! One `NetworkBehaviour` with a field per concern, each configured here.
 
-use std::time::Duration;
+use std::{num::NonZeroUsize, time::Duration};
 
 use libp2p::{
-    autonat, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, ping, relay,
+    autonat, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, peer_store, ping, relay,
     request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, StreamProtocol,
 };
 
@@ -15,6 +15,11 @@ pub const CAPABILITY_TOPIC: &str = "exo-p2p/capabilities/1";
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Addresses learnt for peers (capability records, identify, mDNS, Tailscale) through
+    /// `Swarm::add_peer_address`: every dial, the ring's own requests included, tries them. No
+    /// other behaviour keeps those, so without it a peer met only through a record (e.g. its
+    /// relay circuit address) could be dialled only at addresses Kademlia happened to hold.
+    pub addresses: peer_store::Behaviour<peer_store::memory_store::MemoryStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -129,7 +134,13 @@ impl Behaviour {
         let relay_server = cfg
             .relay_server
             .then(|| relay::Behaviour::new(peer_id, relay_limits()));
+        // A node has a few addresses per transport and interface plus one circuit per relay.
+        let addresses = peer_store::Behaviour::new(peer_store::memory_store::MemoryStore::new(
+            peer_store::memory_store::Config::default()
+                .set_record_capacity(NonZeroUsize::new(32).expect("32 > 0")),
+        ));
         Ok(Self {
+            addresses,
             identify,
             ping,
             mdns: mdns.into(),
