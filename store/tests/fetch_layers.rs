@@ -12,7 +12,7 @@ use std::{
 };
 
 use candle_core::Device;
-use download_hub::{Data, MockHub};
+use download_hub::{Data, Faults, MockHub};
 use exo_engine::{even_split, gguf::Gguf, LocalRing, ShardModel};
 use exo_protocol::{LayerRange, SamplingParams};
 use exo_store::{parse_reference, Downloader, HubConfig, ModelStore, PullOptions, RetryPolicy};
@@ -218,6 +218,100 @@ async fn a_two_node_ring_fetches_byte_ranges_of_a_single_file_and_gives_the_whol
     );
     let held = ModelStore::new(ha.path()).held_files().unwrap();
     assert_eq!(held.len(), 1);
+}
+
+/// Bytes of `file` held in part in the store at `home` (0 when not held in part).
+fn held_in_part(home: &Path, repo: &str, file: &str) -> u64 {
+    ModelStore::new(home)
+        .manifest(repo)
+        .unwrap()
+        .and_then(|m| m.files.get(file).and_then(|f| f.partial.clone()))
+        .map_or(0, |p| p.bytes())
+}
+
+/// A range pull stopped part-way (the process killed while its tensors download) resumes where
+/// it stopped: the second pull fetches exactly what the first had not recorded, and the file
+/// ends up as an uninterrupted pull's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_range_pull_resumes_where_it_stopped() {
+    let whole = test_model(QWEN);
+    let hub = MockHub::start().await;
+    let repo = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF";
+    let file = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+    hub.add_repo(repo, vec![(file, Data::Disk(whole.clone()), true)]);
+    let clean_home = tempfile::tempdir().unwrap();
+    let clean = node_pull(&hub, clean_home.path(), repo, 0).await;
+
+    let home = tempfile::tempdir().unwrap();
+    let dl = downloader(&hub, home.path());
+    let r = parse_reference(repo);
+    let meta = PullOptions {
+        metadata_only: true,
+        ..Default::default()
+    };
+    bounded(dl.pull(&r, &meta)).await.unwrap();
+    let held_header = held_in_part(home.path(), repo, file);
+    assert!(held_header > 0, "the header is held in part");
+    // About 64 MiB/s, so the pull is still running when it is stopped.
+    hub.set_faults(
+        repo,
+        file,
+        Faults {
+            throttle: Some(Duration::from_millis(1)),
+            ..Default::default()
+        },
+    );
+    let opts = PullOptions {
+        layers: Some(clean.range),
+        ..Default::default()
+    };
+    let before = hub.bytes_served();
+    let task = tokio::spawn({
+        let (dl, r, opts) = (downloader(&hub, home.path()), r.clone(), opts.clone());
+        async move { dl.pull(&r, &opts).await }
+    });
+    // Stop it once some of its tensors are recorded and more are on the way.
+    bounded(async {
+        while held_in_part(home.path(), repo, file) == held_header
+            || hub.bytes_served() - before < clean.layer_bytes / 2
+        {
+            assert!(
+                !task.is_finished(),
+                "the pull ended before it could be stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+    let recorded = held_in_part(home.path(), repo, file) - held_header;
+    assert!(
+        recorded > 0 && recorded < clean.layer_bytes,
+        "{recorded} of {} bytes recorded when stopped",
+        clean.layer_bytes
+    );
+    hub.set_faults(repo, file, Faults::default());
+
+    let before = hub.bytes_served();
+    let resumed = bounded(downloader(&hub, home.path()).pull(&r, &opts))
+        .await
+        .unwrap();
+    let fetched = hub.bytes_served() - before;
+    eprintln!(
+        "stopped with {recorded} of {} bytes recorded; the resumed pull fetched {fetched}",
+        clean.layer_bytes
+    );
+    assert_eq!(fetched, clean.layer_bytes - recorded);
+    assert_eq!(resumed.fetched_bytes(), fetched);
+    assert_eq!(
+        ModelStore::new(home.path())
+            .resolve(&r, Some(&clean.range))
+            .unwrap(),
+        Some(resumed.path.clone())
+    );
+    // Byte for byte what the uninterrupted pull wrote (sparse files of the same size).
+    assert!(std::fs::read(&resumed.path).unwrap() == std::fs::read(&clean.path).unwrap());
 }
 
 /// llama.cpp's `llama-gguf-split`, built by scripts/llamacpp.sh.
