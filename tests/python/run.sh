@@ -13,9 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 venv="${EXO_PY_VENV:-$HOME/.cache/exo-p2p/venv-api-tests}"
-[ -x "$venv/bin/python" ] || timeout 300 python3 -m venv "$venv"
-timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check --timeout 60 \
-  -r tests/python/requirements.txt
+# Tests run in parallel (cargo test): one of them makes the venv while the others wait for it.
+mkdir -p "$(dirname "$venv")"
+(
+  flock -w 900 9 || { echo "waited 900 s for $venv.lock" >&2; exit 1; }
+  [ -x "$venv/bin/pip" ] || timeout 300 python3 -m venv --clear "$venv"
+  timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check --timeout 60 \
+    -r tests/python/requirements.txt
+) 9>"$venv.lock"
 
 if [ -z "${EXO_API_BASE:-}" ]; then
   timeout 1800 cargo build -q -p exo-api --example fake_server
