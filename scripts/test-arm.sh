@@ -40,9 +40,16 @@ qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
 
 # 1. Kernel tests: the test binary is built once; each CPU reruns it.
 step "building exo-engine's tests for $target"
-bin=$(timeout 1800 cargo test --locked --target "$target" -p exo-engine --lib --no-run \
-  --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-[[ -x $bin ]] || { echo "test-arm: no test binary built" >&2; exit 1; }
+# built CARGO-ARGS...: cargo's build, printing the path of the executable it made (wherever
+# CARGO_TARGET_DIR puts it).
+built() {
+  local exe
+  exe=$(timeout 3600 cargo "$@" --locked --message-format=json |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  [[ -x $exe ]] || { echo "test-arm: cargo $* built no executable" >&2; exit 1; }
+  echo "$exe"
+}
+bin=$(built test --target "$target" -p exo-engine --lib --no-run)
 for cpu in max cortex-a76 cortex-a72; do
   step "engine quantization tests on qemu -cpu $cpu"
   QEMU_CPU=$cpu timeout 600 "${qemu[@]}" "$bin" quant:: --test-threads 2
@@ -69,10 +76,8 @@ compare() {
 
 # 2. Greedy decoding with the engine alone.
 step "building the greedy example for $target and for this machine"
-timeout 1800 cargo build --locked --target "$target" -p exo-engine --example greedy
-timeout 1800 cargo build --locked -p exo-engine --example greedy
-arm_greedy="target/$target/debug/examples/greedy"
-x86_greedy="target/debug/examples/greedy"
+arm_greedy=$(built build --target "$target" -p exo-engine --example greedy)
+x86_greedy=$(built build -p exo-engine --example greedy)
 for m in gemma-3-270m-q4_k_m.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
   for prompt in "${prompts[@]}"; do
     ref=$(timeout 300 "$x86_greedy" "$models/$m" "$prompt" "$n")
@@ -88,10 +93,8 @@ done
 
 # 3. The binary, against the x86 build.
 step "building exo-p2p for $target and for this machine"
-timeout 3600 cargo build --locked --target "$target" -p exo-p2p
-timeout 1800 cargo build --locked -p exo-p2p
-arm="target/$target/debug/exo-p2p"
-x86="target/debug/exo-p2p"
+arm=$(built build --target "$target" -p exo-p2p --bin exo-p2p)
+x86=$(built build -p exo-p2p --bin exo-p2p)
 for cpu in max:neon+dotprod+i8mm cortex-a76:neon+dotprod cortex-a72:neon; do
   want="kernels: ${cpu#*:}"
   got=$(QEMU_CPU=${cpu%%:*} timeout 60 "${qemu[@]}" "$arm" --version | grep '^kernels:')
