@@ -147,6 +147,10 @@ fn reduce16(a: [f32; 16]) -> f32 {
 /// accumulators folded pairwise and reduced horizontally; the tail in f64.
 pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
+    // ggml's NEON build has one form (`GGML_F32Cx4`: no FP16 vector arithmetic).
+    #[cfg(target_arch = "aarch64")]
+    return dot_f16_4(x, y);
+    #[allow(unreachable_code)]
     match path() {
         VecPath::Avx2 => {
             #[cfg(target_arch = "x86_64")]
@@ -196,6 +200,26 @@ pub fn dot_f16_8(x: &[f32], y: &[f32]) -> f32 {
     let s: [f32; 8] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
     let t0: [f32; 4] = std::array::from_fn(|i| s[i] + s[i + 4]);
     let sum = ((t0[0] + t0[1]) + (t0[2] + t0[3])) as f64;
+    tail_f64(&x[np..], &y[np..], sum)
+}
+
+/// The NEON form of a build without FP16 vector arithmetic (`GGML_F32Cx4`, as
+/// `-march=armv8.2-a+dotprod` compiles it): four 4-lane accumulators over 16-value steps,
+/// `GGML_F32x4_REDUCE` (accumulators folded pairwise, then `vaddvq_f32`).
+pub fn dot_f16_4(x: &[f32], y: &[f32]) -> f32 {
+    let np = x.len() & !15;
+    let mut acc = [[0f32; 4]; 4];
+    for i in (0..np).step_by(16) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let o = i + 4 * j + l;
+                *lane = x[o].mul_add(y[o], *lane);
+            }
+        }
+    }
+    let [a0, a1, a2, a3] = acc;
+    let s: [f32; 4] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
+    let sum = ((s[0] + s[1]) + (s[2] + s[3])) as f64;
     tail_f64(&x[np..], &y[np..], sum)
 }
 
