@@ -307,8 +307,14 @@ mod tests {
     fn f16_dots_are_close_to_exact_and_simd_equals_scalar() {
         let (x, y) = (values(200, 5), values(200, 6));
         let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
-        for f in [dot_f16_8, dot_f16_16, dot_f16] {
+        for f in [dot_f16_4, dot_f16_8, dot_f16_16, dot_f16] {
             assert!((f(&x, &y) as f64 - exact).abs() < 1e-4);
+        }
+        // An aarch64 build has the NEON form only, whatever `path` says.
+        #[cfg(target_arch = "aarch64")]
+        for n in [0, 3, 16, 64, 100] {
+            let (x, y) = (values(n, n as u32), values(n, 3 * n as u32 + 1));
+            assert_eq!(dot_f16(&x, &y).to_bits(), dot_f16_4(&x, &y).to_bits());
         }
         // Below one step everything is the f64 tail.
         let tail = ((x[0] * y[0]) as f64 + (x[1] * y[1]) as f64 + (x[2] * y[2]) as f64) as f32;
@@ -334,6 +340,13 @@ mod tests {
             .filter(|&s| {
                 let (x, y) = (values(128, s), values(128, s + 1000));
                 dot_f16_8(&x, &y) != dot_f16_16(&x, &y)
+            })
+            .count();
+        assert!(differ > 0);
+        let differ = (0..200u32)
+            .filter(|&s| {
+                let (x, y) = (values(64, s), values(64, s + 1000));
+                dot_f16_4(&x, &y) != dot_f16_8(&x, &y)
             })
             .count();
         assert!(differ > 0);
