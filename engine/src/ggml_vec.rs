@@ -147,6 +147,10 @@ fn reduce16(a: [f32; 16]) -> f32 {
 /// accumulators folded pairwise and reduced horizontally; the tail in f64.
 pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
+    // ggml's NEON build has one form (`GGML_F32Cx4`: no FP16 vector arithmetic).
+    #[cfg(target_arch = "aarch64")]
+    return dot_f16_4(x, y);
+    #[allow(unreachable_code)]
     match path() {
         VecPath::Avx2 => {
             #[cfg(target_arch = "x86_64")]
@@ -196,6 +200,26 @@ pub fn dot_f16_8(x: &[f32], y: &[f32]) -> f32 {
     let s: [f32; 8] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
     let t0: [f32; 4] = std::array::from_fn(|i| s[i] + s[i + 4]);
     let sum = ((t0[0] + t0[1]) + (t0[2] + t0[3])) as f64;
+    tail_f64(&x[np..], &y[np..], sum)
+}
+
+/// The NEON form of a build without FP16 vector arithmetic (`GGML_F32Cx4`, as
+/// `-march=armv8.2-a+dotprod` compiles it): four 4-lane accumulators over 16-value steps,
+/// `GGML_F32x4_REDUCE` (accumulators folded pairwise, then `vaddvq_f32`).
+pub fn dot_f16_4(x: &[f32], y: &[f32]) -> f32 {
+    let np = x.len() & !15;
+    let mut acc = [[0f32; 4]; 4];
+    for i in (0..np).step_by(16) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let o = i + 4 * j + l;
+                *lane = x[o].mul_add(y[o], *lane);
+            }
+        }
+    }
+    let [a0, a1, a2, a3] = acc;
+    let s: [f32; 4] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
+    let sum = ((s[0] + s[1]) + (s[2] + s[3])) as f64;
     tail_f64(&x[np..], &y[np..], sum)
 }
 
@@ -283,8 +307,14 @@ mod tests {
     fn f16_dots_are_close_to_exact_and_simd_equals_scalar() {
         let (x, y) = (values(200, 5), values(200, 6));
         let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
-        for f in [dot_f16_8, dot_f16_16, dot_f16] {
+        for f in [dot_f16_4, dot_f16_8, dot_f16_16, dot_f16] {
             assert!((f(&x, &y) as f64 - exact).abs() < 1e-4);
+        }
+        // An aarch64 build has the NEON form only, whatever `path` says.
+        #[cfg(target_arch = "aarch64")]
+        for n in [0, 3, 16, 64, 100] {
+            let (x, y) = (values(n, n as u32), values(n, 3 * n as u32 + 1));
+            assert_eq!(dot_f16(&x, &y).to_bits(), dot_f16_4(&x, &y).to_bits());
         }
         // Below one step everything is the f64 tail.
         let tail = ((x[0] * y[0]) as f64 + (x[1] * y[1]) as f64 + (x[2] * y[2]) as f64) as f32;
@@ -310,6 +340,13 @@ mod tests {
             .filter(|&s| {
                 let (x, y) = (values(128, s), values(128, s + 1000));
                 dot_f16_8(&x, &y) != dot_f16_16(&x, &y)
+            })
+            .count();
+        assert!(differ > 0);
+        let differ = (0..200u32)
+            .filter(|&s| {
+                let (x, y) = (values(64, s), values(64, s + 1000));
+                dot_f16_4(&x, &y) != dot_f16_8(&x, &y)
             })
             .count();
         assert!(differ > 0);
