@@ -47,7 +47,15 @@ pub fn attend(
             let rows = Q_TILE.min(seq - i0);
             let qh = &q[(h * seq + i0) * hd..(h * seq + i0 + rows) * hd];
             let sink = s.sinks.map(|v| v[h]);
-            tile(path, qh, &keys[h / rep], &values[h / rep], pos + i0, s, sink)
+            tile(
+                path,
+                qh,
+                &keys[h / rep],
+                &values[h / rep],
+                pos + i0,
+                s,
+                sink,
+            )
         })
         .collect();
     let mut out = vec![0f32; seq * nh * hd];

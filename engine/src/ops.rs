@@ -238,7 +238,10 @@ mod tests {
         for ((a, &x), &y) in oai.iter().zip(&g).zip(&u) {
             let (x, y) = (x.min(7.0) as f64, y.clamp(-7.0, 7.0) as f64);
             let want = x / (1.0 + (-1.702 * x).exp()) * (y + 1.0);
-            assert!((*a as f64 - want).abs() < 1e-5 * want.abs().max(1.0), "{a} vs {want}");
+            assert!(
+                (*a as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{a} vs {want}"
+            );
         }
         Ok(())
     }

@@ -525,6 +525,10 @@ fn kernels_on_model_shapes() {
         (WeightType::Q5K, 35, 2, 10),
         (WeightType::Q6K, 37, 3, 9),
         (WeightType::Q4_0, 16, 7, 9),
+        // gpt-oss experts: odd block counts end in a lone block, prompts take the same path.
+        (WeightType::MXFP4, 17, 9, 1),
+        (WeightType::MXFP4, 24, 90, 7),
+        (WeightType::MXFP4, 5, 1, 3),
     ] {
         check_kernels(ty, n, j, m, 7).unwrap();
     }
