@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Regenerates the tiny random-weight GGUFs of the architectures and quant types exo-p2p learnt
-# for issue 14, and llama.cpp's greedy reference on each:
+# for issues 14 and 21, and llama.cpp's greedy reference on each:
 #
-#   tests/fixtures/tiny-<arch>-<type>.gguf    scripts/tiny-gguf.py, then llama-quantize --pure
+#   scripts/tiny-fixtures.sh [ARCH:TYPE...]   (default: every file below)
+#
+#   tests/fixtures/tiny-<arch>-<type>.gguf    scripts/tiny-gguf.py, then llama-quantize (--pure,
+#                                             except MXFP4_MOE: MXFP4 experts, Q8_0 elsewhere)
 #   tests/fixtures/tiny-greedy.jsonl          scripts/llamacpp-greedy.sh --per-prompt on each
 #   tests/fixtures/tiny-perplexity.jsonl      llama-perplexity on KJV Genesis 1-8 (ctx 128, 8 chunks)
 #
-# engine/tests/tiny_arch.rs holds the engine to them. Everything is deterministic: the generator
+# Given ARCH:TYPE pairs, only those files are made again and their lines of the two jsonl files
+# replaced. engine/tests/tiny_arch.rs holds the engine to them. Everything is deterministic: the generator
 # is seeded and llama-quantize has no randomness, so a rerun rewrites the same GGUF bytes (the
 # fixture's logits depend on llama.cpp's build only).
 #
@@ -32,22 +36,39 @@ ppl_bin=$(flock /tmp/exo-llamacpp.lock bash -c ". $here/llamacpp.sh; llamacpp_bi
 out=tests/fixtures
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# (arch, type) pairs: every architecture in Q8_0; the new quant types on dense qwen3.
-files=(qwen3:Q8_0 qwen3moe:Q8_0 mixtral:Q8_0 qwen3:Q2_K qwen3:Q3_K_S qwen3:IQ4_NL qwen3:IQ4_XS)
+# (arch, type) pairs: every architecture in Q8_0; the new quant types on dense qwen3; gpt-oss
+# as published (MXFP4 experts).
+files=(qwen3:Q8_0 qwen3moe:Q8_0 mixtral:Q8_0 qwen3:Q2_K qwen3:Q3_K_S qwen3:IQ4_NL qwen3:IQ4_XS
+  gpt-oss:MXFP4_MOE)
+[ $# -eq 0 ] || files=("$@")
+models=()
 for f in "${files[@]}"; do
   arch=${f%%:*} ty=${f#*:}
   src="$tmp/$arch-f32.gguf"
   [ -f "$src" ] || "$venv/bin/python" "$here/tiny-gguf.py" "$arch" "$src" --tokenizer "$tok"
-  name=$(echo "tiny-$arch-${ty%_S}" | tr 'A-Z' 'a-z')
-  "$quantize" --pure "$src" "$out/$name.gguf" "$ty" >"$tmp/quantize.log" 2>&1 ||
+  short=${ty%_S}
+  name=$(echo "tiny-$arch-${short%_MOE}" | tr 'A-Z' 'a-z')
+  pure=(--pure)
+  [ "$ty" != MXFP4_MOE ] || pure=()
+  "$quantize" "${pure[@]}" "$src" "$out/$name.gguf" "$ty" >"$tmp/quantize.log" 2>&1 ||
     { cat "$tmp/quantize.log" >&2; exit 1; }
   echo "wrote $out/$name.gguf ($(stat -c %s "$out/$name.gguf") bytes)" >&2
+  models+=("$out/$name.gguf")
 done
+
+# `keep FILE`: the lines of FILE for the models not made again in this run.
+keep() {
+  local names
+  names=$(printf '%s\n' "${models[@]}" | xargs -n1 basename | jq -R . | jq -sc .)
+  [ $# -eq 0 ] || [ ! -f "$1" ] || jq -c --argjson names "$names" \
+    'select(.model as $m | $names | index($m) | not)' "$1"
+}
 
 prompts=("The quick brown fox" "def fibonacci(n):" "Water boils at" "In 1492, Columbus")
 n=24
 fixture="$tmp/tiny-greedy.jsonl"
-for g in "$out"/tiny-*.gguf; do
+keep "$out/tiny-greedy.jsonl" >"$fixture"
+for g in "${models[@]}"; do
   m=$(basename "$g")
   "$here/llamacpp-greedy.sh" -m "$g" -n "$n" --ignore-eos --per-prompt "${prompts[@]}" |
     jq -c --arg model "$m" --argjson n "$n" \
@@ -60,7 +81,8 @@ echo "wrote $(wc -l <"$out/tiny-greedy.jsonl") cases to $out/tiny-greedy.jsonl" 
 text=tests/fixtures/kjv-genesis-1-8.txt
 ctx=128 chunks=8
 ppl="$tmp/tiny-perplexity.jsonl"
-for g in "$out"/tiny-*.gguf; do
+keep "$out/tiny-perplexity.jsonl" >"$ppl"
+for g in "${models[@]}"; do
   m=$(basename "$g")
   # llama.cpp's logger thread sometimes loses the last lines at exit: run again when it does.
   v=

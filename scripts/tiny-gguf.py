@@ -4,7 +4,9 @@
     tiny-gguf.py ARCH OUT.gguf --tokenizer MODEL.gguf [--seed N]
 
 ARCH is one of: qwen3 (dense, per-head q/k norms, head_dim != hidden/heads, tied embeddings),
-qwen3moe (4 experts, top 2, 3-D ffn_*_exps), mixtral (GGUF `llama` with llama.expert_count).
+qwen3moe (4 experts, top 2, 3-D ffn_*_exps), mixtral (GGUF `llama` with llama.expert_count),
+gpt-oss (biases on attention, router and experts, attention sinks, a sliding window on even
+layers, YaRN rope, post_attention_norm before the experts; quantized to MXFP4 experts).
 
 The tokenizer is a test model's (qwen2.5-coder-0.5b: gpt2 BPE, qwen2 pre-tokenizer) cut to its
 first VOCAB-1 tokens and the merges among them, plus an end-of-text control token, so that the
@@ -32,7 +34,11 @@ ARCHS = {
     "qwen3": dict(gguf="qwen3", heads=8, kv=2, head_dim=64, ffn=256, experts=0),
     "qwen3moe": dict(gguf="qwen3moe", heads=4, kv=2, head_dim=64, ffn=0, experts=4, used=2, expert_ffn=128),
     "mixtral": dict(gguf="llama", heads=4, kv=2, head_dim=64, ffn=0, experts=4, used=2, expert_ffn=128),
+    "gpt-oss": dict(gguf="gpt-oss", heads=4, kv=2, head_dim=64, ffn=0, experts=4, used=2, expert_ffn=128),
 }
+# gpt-oss: a window shorter than the prompts of the perplexity run, YaRN from a short context.
+GPT_OSS_WINDOW = 16
+GPT_OSS_YARN = (4.0, 64)  # factor, original context
 
 
 def tokenizer(path):
@@ -47,6 +53,29 @@ def tokenizer(path):
     tokens.append("<|endoftext|>")
     types = [TokenType.NORMAL] * (VOCAB - 1) + [TokenType.CONTROL]
     return tokens, types, merges, f["tokenizer.ggml.pre"].contents()
+
+
+def gpt_oss_layer(w, p, c, mat, norm, bias, rng):
+    """One gpt-oss layer: llama.cpp's `LLM_ARCH_OPENAI_MOE` tensors."""
+    q_dim, kv_dim = c["heads"] * c["head_dim"], c["kv"] * c["head_dim"]
+    e, f = c["experts"], c["expert_ffn"]
+    w.add_tensor(f"{p}.attn_norm.weight", norm(HIDDEN))
+    for name, rows in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+        w.add_tensor(f"{p}.{name}.weight", mat(rows, HIDDEN))
+        w.add_tensor(f"{p}.{name}.bias", bias(rows))
+    w.add_tensor(f"{p}.attn_output.weight", mat(HIDDEN, q_dim))
+    w.add_tensor(f"{p}.attn_output.bias", bias(HIDDEN))
+    # Sinks around the scores' scale: some heads give the sink much weight, some little.
+    w.add_tensor(f"{p}.attn_sinks.weight", rng.uniform(-1.0, 3.0, c["heads"]).astype(np.float32))
+    w.add_tensor(f"{p}.post_attention_norm.weight", norm(HIDDEN))
+    w.add_tensor(f"{p}.ffn_gate_inp.weight", mat(e, HIDDEN, gain=4.0))
+    w.add_tensor(f"{p}.ffn_gate_inp.bias", bias(e, gain=0.5))
+    w.add_tensor(f"{p}.ffn_gate_exps.weight", np.stack([mat(f, HIDDEN) for _ in range(e)]))
+    w.add_tensor(f"{p}.ffn_gate_exps.bias", bias(e, f))
+    w.add_tensor(f"{p}.ffn_up_exps.weight", np.stack([mat(f, HIDDEN) for _ in range(e)]))
+    w.add_tensor(f"{p}.ffn_up_exps.bias", bias(e, f))
+    w.add_tensor(f"{p}.ffn_down_exps.weight", np.stack([mat(HIDDEN, f) for _ in range(e)]))
+    w.add_tensor(f"{p}.ffn_down_exps.bias", bias(e, HIDDEN))
 
 
 def main():
@@ -77,6 +106,12 @@ def main():
     w.add_value_length(c["head_dim"])
     w.add_rope_dimension_count(c["head_dim"])
     w.add_rope_freq_base(10000.0)
+    if a.arch == "gpt-oss":
+        from gguf import RopeScalingType
+        w.add_sliding_window(GPT_OSS_WINDOW)
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(GPT_OSS_YARN[0])
+        w.add_rope_scaling_orig_ctx_len(GPT_OSS_YARN[1])
     w.add_layer_norm_rms_eps(1e-6)
     w.add_file_type(0)  # all F32
     if c["experts"]:
@@ -103,8 +138,16 @@ def main():
     # being mostly the input token's own, so the continuations are not one token repeated.
     tied = a.arch == "qwen3"
     w.add_tensor("token_embd.weight", mat(VOCAB, HIDDEN, gain=np.sqrt(HIDDEN) * (EMBD_GAIN if tied else 1.0)))
+    oss = a.arch == "gpt-oss"
+
+    def bias(*shape, gain=0.1):
+        return (rng.uniform(-1, 1, shape) * gain).astype(np.float32)
+
     for il in range(LAYERS):
         p = f"blk.{il}"
+        if oss:
+            gpt_oss_layer(w, p, c, mat, norm, bias, rng)
+            continue
         w.add_tensor(f"{p}.attn_norm.weight", norm(HIDDEN))
         w.add_tensor(f"{p}.attn_q.weight", mat(q_dim, HIDDEN))
         w.add_tensor(f"{p}.attn_k.weight", mat(kv_dim, HIDDEN))

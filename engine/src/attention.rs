@@ -158,7 +158,7 @@ impl LayerKv {
 
 /// Shapes and settings of one attention call.
 #[derive(Debug, Clone, Copy)]
-pub struct AttnShape {
+pub struct AttnShape<'a> {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
@@ -166,11 +166,29 @@ pub struct AttnShape {
     pub scale: f32,
     /// Sliding window: a query at position p sees keys at positions > p - window.
     pub window: Option<usize>,
+    /// Attention sinks (gpt-oss): per query head a learned logit that joins the softmax's
+    /// denominator and attends to nothing.
+    pub sinks: Option<&'a [f32]>,
+}
+
+/// ggml's sink step after the keys (`S = S*ms + vs`, the accumulator rescaled in f32 when the
+/// sink is the new maximum): folds the sink's logit into the softmax sum of one row.
+#[inline]
+pub(crate) fn add_sink(sink: f32, max: f32, sum: f32, acc: &mut [f32]) -> f32 {
+    let (mut ms, mut vs) = (1f32, 1f32);
+    if sink > max {
+        ms = (max - sink).exp();
+        acc.iter_mut().for_each(|a| *a *= ms);
+    } else {
+        vs = (sink - max).exp();
+    }
+    // ggml's C++ compiles `S*ms + vs` to a fused multiply-add.
+    sum.mul_add(ms, vs)
 }
 
 /// Causal attention of `seq` new queries (at positions `pos..pos+seq`, `q` as
 /// `[n_head, seq, head_dim]`) over everything in `kv`. Returns `[seq, n_head * head_dim]`.
-pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> Vec<f32> {
+pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape<'_>) -> Vec<f32> {
     // Batches of 64+ queries take ggml's tiled kernel, which has numerics of its own.
     if seq >= crate::attention_tiled::Q_TILE {
         return crate::attention_tiled::attend(q, &kv.k, &kv.v, pos, seq, s);
@@ -206,6 +224,9 @@ pub fn attend(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> 
             axpy_f16(acc, &values[j * hd..(j + 1) * hd], vs);
             sum = sum.mul_add(ms, vs);
         }
+        if let Some(sinks) = s.sinks {
+            sum = add_sink(sinks[h], max, sum, acc);
+        }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         acc.iter_mut().for_each(|x| *x *= inv);
     };
@@ -224,7 +245,7 @@ mod tests {
     use super::*;
 
     /// Plain f64 softmax attention over the same f16-rounded inputs.
-    fn reference(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape) -> Vec<f32> {
+    fn reference(q: &[f32], kv: &LayerKv, pos: usize, seq: usize, s: AttnShape<'_>) -> Vec<f32> {
         let (nh, hd) = (s.n_head, s.head_dim);
         let rep = nh / s.n_kv_head;
         let mut out = vec![0f32; seq * nh * hd];
@@ -242,9 +263,14 @@ mod tests {
                         k.iter().zip(&qv).map(|(a, b)| *a as f64 * b).sum::<f64>() * s.scale as f64
                     })
                     .collect();
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sink = s.sinks.map(|v| v[h] as f64);
+                let m = scores
+                    .iter()
+                    .cloned()
+                    .chain(sink)
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = w.iter().sum();
+                let z: f64 = w.iter().sum::<f64>() + sink.map_or(0.0, |k| (k - m).exp());
                 for d in 0..hd {
                     let v: f64 = (first..=qi)
                         .zip(&w)
@@ -316,13 +342,16 @@ mod tests {
 
     #[test]
     fn matches_plain_attention_within_f16_accumulation_error() {
-        for window in [None, Some(3)] {
+        // Sinks below and above every score (the second rescales the accumulator).
+        let sinks = [0.5f32, -3.0, 40.0, 1.0];
+        for (window, sinks) in [(None, None), (Some(3), None), (None, Some(&sinks[..]))] {
             let s = AttnShape {
                 n_head: 4,
                 n_kv_head: 2,
                 head_dim: 64,
                 scale: 0.125,
                 window,
+                sinks,
             };
             let mut kv = LayerKv::default();
             // A 5-token prompt, then two single-token steps.

@@ -33,7 +33,7 @@ pub fn attend(
     values: &[Vec<f32>],
     pos: usize,
     seq: usize,
-    s: AttnShape,
+    s: AttnShape<'_>,
 ) -> Vec<f32> {
     let (nh, hd) = (s.n_head, s.head_dim);
     let rep = nh / s.n_kv_head;
@@ -46,7 +46,16 @@ pub fn attend(
             let i0 = t * Q_TILE;
             let rows = Q_TILE.min(seq - i0);
             let qh = &q[(h * seq + i0) * hd..(h * seq + i0 + rows) * hd];
-            tile(path, qh, &keys[h / rep], &values[h / rep], pos + i0, s)
+            let sink = s.sinks.map(|v| v[h]);
+            tile(
+                path,
+                qh,
+                &keys[h / rep],
+                &values[h / rep],
+                pos + i0,
+                s,
+                sink,
+            )
         })
         .collect();
     let mut out = vec![0f32; seq * nh * hd];
@@ -67,27 +76,31 @@ fn tile(
     keys: &[f32],
     values: &[f32],
     p0: usize,
-    s: AttnShape,
+    s: AttnShape<'_>,
+    sink: Option<f32>,
 ) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features.
-        return unsafe { x86::tile(path, q, keys, values, p0, s) };
+        return unsafe { x86::tile(path, q, keys, values, p0, s, sink) };
     }
-    tile_body(path, q, keys, values, p0, s, &|p: &mut [f32], m| {
+    tile_body(path, q, keys, values, p0, s, sink, &|p: &mut [f32], m| {
         p.iter_mut().for_each(|x| *x = ggml_vec::expf(path, *x - m))
     })
 }
 
-/// [`tile`]'s body, with `exp_shifted(p, m)` setting `p[i] = expf(p[i] - m)`.
+/// [`tile`]'s body, with `exp_shifted(p, m)` setting `p[i] = expf(p[i] - m)`; `sink` is the
+/// head's attention sink logit.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn tile_body(
     path: VecPath,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
     p0: usize,
-    s: AttnShape,
+    s: AttnShape<'_>,
+    sink: Option<f32>,
     exp_shifted: &dyn Fn(&mut [f32], f32),
 ) -> Vec<f32> {
     let hd = s.head_dim;
@@ -155,6 +168,9 @@ fn tile_body(
         }
     }
     for (row, a) in acc.chunks_exact_mut(hd).enumerate() {
+        if let Some(sk) = sink {
+            sum[row] = crate::attention::add_sink(sk, max[row], sum[row], a);
+        }
         let inv = if sum[row] == 0.0 { 0.0 } else { 1.0 / sum[row] };
         a.iter_mut().for_each(|x| *x *= inv);
     }
@@ -231,7 +247,8 @@ mod x86 {
         keys: &[f32],
         values: &[f32],
         p0: usize,
-        s: AttnShape,
+        s: AttnShape<'_>,
+        sink: Option<f32>,
     ) -> Vec<f32> {
         let exp: &dyn Fn(&mut [f32], f32) = match path {
             VecPath::Avx2 => &|p: &mut [f32], m| {
@@ -246,7 +263,7 @@ mod x86 {
                     .for_each(|x| *x = ggml_vec::expf_avx512(*x - m))
             },
         };
-        tile_body(path, q, keys, values, p0, s, exp)
+        tile_body(path, q, keys, values, p0, s, sink, exp)
     }
 
     /// ggml's 256-bit `ggml_v_expf`, instruction for instruction.
@@ -317,7 +334,14 @@ mod tests {
     }
 
     /// ggml's tiled loop written plainly, one query at a time over every key tile of the cache.
-    fn plain(q: &[f32], keys: &[f32], values: &[f32], p: usize, s: AttnShape) -> Vec<f32> {
+    fn plain(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        p: usize,
+        s: AttnShape<'_>,
+        sink: Option<f32>,
+    ) -> Vec<f32> {
         let hd = s.head_dim;
         let path = ggml_vec::path();
         let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
@@ -357,15 +381,28 @@ mod tests {
                 }
             }
         }
+        if let Some(sk) = sink {
+            // ggml's sink step, written out.
+            if sk > m {
+                let ms = (m - sk).exp();
+                acc.iter_mut().for_each(|a| *a *= ms);
+                sum = sum.mul_add(ms, 1.0);
+            } else {
+                sum += (sk - m).exp();
+            }
+        }
         acc.iter().map(|a| a * (1.0 / sum)).collect()
     }
 
     #[test]
     fn tiles_equal_the_plain_loop_bit_for_bit() {
-        for (hd, window, pos, seq) in [
-            (128, None, 0, 150),
-            (64, Some(70), 30, 131),
-            (80, None, 5, 64),
+        // Sinks below and above the scores (the large ones rescale the accumulator).
+        let sinks = [0.3f32, -2.0, 25.0, 1.5, -0.5, 60.0];
+        for (hd, window, pos, seq, sinks) in [
+            (128, None, 0, 150, None),
+            (64, Some(70), 30, 131, None),
+            (80, None, 5, 64, None),
+            (64, Some(40), 3, 100, Some(&sinks[..])),
         ] {
             let s = AttnShape {
                 n_head: 6,
@@ -373,6 +410,7 @@ mod tests {
                 head_dim: hd,
                 scale: 1.0 / (hd as f32).sqrt(),
                 window,
+                sinks,
             };
             let len = pos + seq;
             let rnd =
@@ -384,7 +422,8 @@ mod tests {
             for h in 0..6 {
                 for i in 0..seq {
                     let qr = &q[(h * seq + i) * hd..][..hd];
-                    let want = plain(qr, &keys[h / 3], &vals[h / 3], pos + i, s);
+                    let sink = sinks.map(|v| v[h]);
+                    let want = plain(qr, &keys[h / 3], &vals[h / 3], pos + i, s, sink);
                     let row = &got[(i * 6 + h) * hd..][..hd];
                     assert_eq!(
                         row,

@@ -76,6 +76,19 @@ pub enum Activation {
     Silu,
     /// GELU with the tanh approximation, as in Gemma (GeGLU).
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU (ggml's `swiglu_oai`, alpha 1.702, limit 7).
+    SwigluOai,
+}
+
+/// ggml's `swiglu_oai` of one value: the gate clamped above at 7, up to ±7, then
+/// `x * sigmoid(1.702 x) * (up + 1)` with libm's `expf`.
+fn swiglu_oai(gate: f32, up: f32) -> f32 {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    let x = gate.min(LIMIT);
+    let y = up.clamp(-LIMIT, LIMIT);
+    let glu = x / (1.0 + (ALPHA * -x).exp());
+    glu * (y + 1.0)
 }
 
 fn gelu_f32(x: f32) -> f32 {
@@ -153,6 +166,11 @@ impl CustomOp2 for Gated {
             for ((o, g), u) in o.chunks_mut(n).zip(g.chunks(n)).zip(u.chunks(n)) {
                 match act {
                     Activation::Silu => swiglu_row(path, o, g, u),
+                    Activation::SwigluOai => {
+                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                            *o = swiglu_oai(g, u);
+                        }
+                    }
                     Activation::GeluTanh => {
                         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                             *o = gelu_ggml(table, g) * u;
@@ -213,6 +231,18 @@ mod tests {
         }
         assert_eq!(gelu[0], 0.0);
         assert_eq!(gelu[6], 11.0 * 7.0);
+        // gpt-oss: the gate clamped above at 7, up clamped to ±7 and shifted by one.
+        let u = Tensor::new(&[1f32, -9.0, 3.0, 4.0, -0.5, 6.0, 9.0], &dev)?;
+        let oai = gated(Activation::SwigluOai, &g, &u)?.to_vec1::<f32>()?;
+        let (g, u) = (g.to_vec1::<f32>()?, u.to_vec1::<f32>()?);
+        for ((a, &x), &y) in oai.iter().zip(&g).zip(&u) {
+            let (x, y) = (x.min(7.0) as f64, y.clamp(-7.0, 7.0) as f64);
+            let want = x / (1.0 + (-1.702 * x).exp()) * (y + 1.0);
+            assert!(
+                (*a as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{a} vs {want}"
+            );
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
-//! The architectures and quant types of issue 14 on tiny random-weight GGUFs committed in
-//! tests/fixtures (qwen3, qwen3moe, Mixtral-style llama MoE in Q8_0; qwen3 in Q2_K, Q3_K, IQ4_NL
-//! and IQ4_XS), made by scripts/tiny-fixtures.sh with llama.cpp's greedy output beside them
-//! (tests/fixtures/tiny-greedy.jsonl):
+//! The architectures and quant types of issues 14 and 21 on tiny random-weight GGUFs committed
+//! in tests/fixtures (qwen3, qwen3moe, Mixtral-style llama MoE in Q8_0; qwen3 in Q2_K, Q3_K,
+//! IQ4_NL and IQ4_XS; gpt-oss with MXFP4 experts), made by scripts/tiny-fixtures.sh with
+//! llama.cpp's greedy output beside them (tests/fixtures/tiny-greedy.jsonl):
 //!
 //! - the prompt's tokens and every greedy token equal llama.cpp's, up to the first step where
 //!   llama.cpp's top two were within [`NEAR_TIE`] and we took its runner-up;
@@ -145,6 +145,11 @@ fn iq4_xs_matches_llama_cpp() {
     check("tiny-qwen3-iq4_xs.gguf");
 }
 
+#[test]
+fn gpt_oss_mxfp4_matches_llama_cpp() {
+    check("tiny-gpt-oss-mxfp4.gguf");
+}
+
 /// Files whose perplexity is off by more than 1 % today, to be fixed: each must stay within 2 %,
 /// and an entry that is within 1 % again fails until it is removed. Empty since the engine took
 /// ggml's vector forms for this CPU (Q2_K was 1.2 % off before; now equal to llama.cpp's).
@@ -168,7 +173,7 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(
-        cases.len() >= 7,
+        cases.len() >= 8,
         "{} cases in {}",
         cases.len(),
         path.display()
@@ -245,7 +250,11 @@ fn batched_and_stepped(file: &str, prompt: &[u32]) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn a_batched_prompt_through_the_experts_equals_one_token_at_a_time() {
     let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 1000).collect();
-    for file in ["tiny-qwen3moe-q8_0.gguf", "tiny-mixtral-q8_0.gguf"] {
+    for file in [
+        "tiny-qwen3moe-q8_0.gguf",
+        "tiny-mixtral-q8_0.gguf",
+        "tiny-gpt-oss-mxfp4.gguf",
+    ] {
         let (batched, stepped) = batched_and_stepped(file, &prompt);
         let worst = batched
             .iter()

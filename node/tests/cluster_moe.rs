@@ -1,5 +1,5 @@
 //! A mixture-of-experts model across real `exo-p2p serve` processes on 127.0.0.1: a 2-node ring
-//! on the tiny Qwen3-MoE and Mixtral-style GGUFs (tests/fixtures, made by
+//! on the tiny Qwen3-MoE, Mixtral-style and gpt-oss (MXFP4) GGUFs (tests/fixtures, made by
 //! scripts/tiny-fixtures.sh) generates exactly what one process generates, each node holding one
 //! of the two layers with its experts.
 
@@ -49,4 +49,9 @@ fn two_node_ring_matches_one_process_qwen3moe() {
 #[test]
 fn two_node_ring_matches_one_process_mixtral() {
     check_two_node_ring("tiny-mixtral-q8_0.gguf");
+}
+
+#[test]
+fn two_node_ring_matches_one_process_gpt_oss() {
+    check_two_node_ring("tiny-gpt-oss-mxfp4.gguf");
 }

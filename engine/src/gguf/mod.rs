@@ -57,7 +57,7 @@ pub enum GgufError {
     Split { path: PathBuf, reason: String },
     #[error(
         "tensor `{tensor}` of {path} has type {ty}, which exo-p2p cannot load yet \
-         (this build loads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K, IQ4_NL, IQ4_XS)"
+         (this build loads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K, IQ4_NL, IQ4_XS, MXFP4)"
     )]
     UnsupportedType {
         path: PathBuf,

@@ -1,5 +1,6 @@
 //! Self-attention: q/k/v projections, optional per-head q/k RMS norms (Gemma 3, Qwen3), rope,
-//! the f16 KV cache and ggml's flash-attention numerics (see [`crate::attention`]).
+//! the f16 KV cache and ggml's flash-attention numerics (see [`crate::attention`]), and
+//! gpt-oss's attention sinks.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -27,6 +28,8 @@ pub struct Attention {
     pub window: Option<usize>,
     /// Multiply queries by `scale` before attention instead of scaling the scores (Gemma).
     pub prescale_query: bool,
+    /// A learned logit per query head in every softmax's denominator (gpt-oss `attn_sinks`).
+    pub sinks: Option<Vec<f32>>,
 }
 
 impl Attention {
@@ -49,6 +52,24 @@ impl Attention {
             rope,
             window,
             prescale_query: false,
+            sinks: None,
+        })
+    }
+
+    /// Adds the attention sinks `{p}.attn_sinks.weight` (one per query head).
+    pub fn with_sinks(self, w: &Weights, p: &str) -> crate::Result<Self> {
+        let name = format!("{p}.attn_sinks.weight");
+        let sinks: Vec<f32> = w.dense(&name)?.flatten_all()?.to_vec1()?;
+        if sinks.len() != self.n_head {
+            return Err(crate::error::EngineError::Invalid(format!(
+                "`{name}` has {} values for {} heads",
+                sinks.len(),
+                self.n_head
+            )));
+        }
+        Ok(Self {
+            sinks: Some(sinks),
+            ..self
         })
     }
 
@@ -128,6 +149,7 @@ impl Attention {
             head_dim: hd,
             scale,
             window: self.window,
+            sinks: self.sinks.as_deref(),
         };
         // `[heads, rows, head_dim]` as flat vectors; a sequence's rows are a range of each head.
         let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();

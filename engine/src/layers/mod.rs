@@ -12,9 +12,9 @@ use candle_core::{quantized::QMatMul, DType, Result, Tensor};
 
 pub use attention::Attention;
 pub use mlp::{Ffn, Mlp};
-pub use moe::{MoeMlp, MoeSpec};
+pub use moe::{Gating, MoeMlp, MoeSpec};
 pub use norm::RmsNorm;
-pub use rope::{Rope, RopeStyle, Segment, StepContext};
+pub use rope::{Rope, RopeStyle, Segment, StepContext, Yarn};
 pub use weights::{HfNames, Weights};
 
 use crate::{attention::LayerKv, quant::QuantMatMul};
@@ -42,6 +42,10 @@ impl Linear {
 
     pub fn new(weight: QuantMatMul) -> Self {
         Self { weight, bias: None }
+    }
+
+    pub fn with_bias(weight: QuantMatMul, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
     }
 
     pub fn from_qmatmul(weight: QMatMul) -> Self {

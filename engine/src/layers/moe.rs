@@ -1,7 +1,9 @@
-//! A mixture of experts (Mixtral, Qwen3-MoE) in the order ggml's `build_moe_ffn` computes it:
-//! router logits, softmax over every expert, the top k by probability (highest first), their
-//! probabilities normalised to sum 1 (clamped as ggml does), each selected expert's SwiGLU MLP
-//! scaled by its weight, and the experts' outputs added in that order.
+//! A mixture of experts (Mixtral, Qwen3-MoE, gpt-oss) in the order ggml's `build_moe_ffn`
+//! computes it: router logits (plus the router's bias), softmax over every expert, the top k by
+//! probability (highest first), their probabilities normalised to sum 1 (clamped as ggml does),
+//! each selected expert's gated MLP (with its biases) scaled by its weight, and the experts'
+//! outputs added in that order. gpt-oss takes the top k of the logits and a softmax over those
+//! k instead ([`Gating::SoftmaxWeight`]).
 //!
 //! Only the selected experts' weights are read: the tokens of a batch are grouped by expert and
 //! each expert multiplies its group at once.
@@ -22,6 +24,16 @@ pub struct MoeSpec {
     pub norm_weights: bool,
     /// Multiplies the weights when not 0 or 1 (`expert_weights_scale`).
     pub scale: f32,
+    pub gating: Gating,
+}
+
+/// How router logits become expert weights (llama.cpp's `llama_expert_gating_func_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// Softmax over every expert, then the top k of the probabilities (Mixtral, Qwen3-MoE).
+    Softmax,
+    /// The top k of the logits, then a softmax over those k (gpt-oss).
+    SoftmaxWeight,
 }
 
 #[derive(Debug, Clone)]
@@ -44,15 +56,28 @@ impl MoeMlp {
                 n,
             )
         };
+        // Per-expert biases (gpt-oss): `{p}.ffn_{name}_exps.bias`, one row per expert.
+        let bias = |name: &str| -> crate::Result<Vec<Option<Tensor>>> {
+            let b = format!("{p}.ffn_{name}_exps.bias");
+            if !w.has(&b) {
+                return Ok(vec![None; n]);
+            }
+            let t = w.dense(&b)?;
+            (0..n)
+                .map(|e| Ok(Some(t.get(e)?.contiguous()?)))
+                .collect::<crate::Result<_>>()
+        };
         let (gate, up, down) = (part("gate")?, part("up")?, part("down")?);
+        let (gate_b, up_b, down_b) = (bias("gate")?, bias("up")?, bias("down")?);
         let experts = gate
             .into_iter()
             .zip(up)
             .zip(down)
-            .map(|((gate, up), down)| Mlp {
-                gate: Linear::new(gate),
-                up: Linear::new(up),
-                down: Linear::new(down),
+            .enumerate()
+            .map(|(e, ((gate, up), down))| Mlp {
+                gate: Linear::with_bias(gate, gate_b[e].clone()),
+                up: Linear::with_bias(up, up_b[e].clone()),
+                down: Linear::with_bias(down, down_b[e].clone()),
                 act,
             })
             .collect();
@@ -131,7 +156,10 @@ impl MoeMlp {
 
 /// One token's experts and weights from its router logits.
 fn route_one(logits: &[f32], spec: &MoeSpec) -> Vec<(usize, f32)> {
-    let probs = softmax_ggml(logits);
+    let probs = match spec.gating {
+        Gating::Softmax => softmax_ggml(logits),
+        Gating::SoftmaxWeight => logits.to_vec(),
+    };
     let mut order: Vec<usize> = (0..probs.len()).collect();
     // Descending by probability (ggml_argsort_top_k); equal ones by index.
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
@@ -139,6 +167,12 @@ fn route_one(logits: &[f32], spec: &MoeSpec) -> Vec<(usize, f32)> {
         .iter()
         .map(|&e| (e, probs[e]))
         .collect();
+    if spec.gating == Gating::SoftmaxWeight {
+        let w: Vec<f32> = sel.iter().map(|s| s.1).collect();
+        for (s, p) in sel.iter_mut().zip(softmax_ggml(&w)) {
+            s.1 = p;
+        }
+    }
     if spec.norm_weights {
         // ggml_sum_rows (in double), clamped to f16's smallest normal, then a division.
         let sum = sel.iter().map(|&(_, w)| w as f64).sum::<f64>() as f32;
@@ -184,6 +218,7 @@ mod tests {
             n_used,
             norm_weights,
             scale: 0.0,
+            gating: Gating::Softmax,
         }
     }
 
@@ -216,5 +251,16 @@ mod tests {
         let raw = route_one(&logits, &spec(6, 2, false));
         let p = softmax_ggml(&logits);
         assert_eq!(raw, vec![(5, p[5]), (1, p[1])]);
+        // gpt-oss: the top k of the logits, weighted by a softmax over those k only.
+        let oai = MoeSpec {
+            gating: Gating::SoftmaxWeight,
+            ..spec(6, 3, false)
+        };
+        let sel = route_one(&logits, &oai);
+        assert_eq!(sel.iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 1, 3]);
+        let z = (3.0f64).exp() + (2.0f64).exp() + (1.5f64).exp();
+        for (&(e, w), l) in sel.iter().zip([3.0f64, 2.0, 1.5]) {
+            assert!((w as f64 - l.exp() / z).abs() < 1e-6, "expert {e}: {w}");
+        }
     }
 }

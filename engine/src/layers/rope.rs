@@ -21,6 +21,49 @@ pub struct Rope {
     pub freq_scale: f32,
     /// Per-dimension divisors (Llama 3 `rope_freqs`), `dim / 2` long.
     pub freq_factors: Option<Vec<f32>>,
+    /// YaRN's ramp between interpolated and extrapolated angles (gpt-oss).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN context extension as llama.cpp applies it (`rope_yarn` in ggml-cpu's ops.cpp, with
+/// `ext_factor` 1 and the attention factor llama_context derives): dimensions below
+/// `corr_dims[0]` keep their trained angle, those past `corr_dims[1]` are interpolated by
+/// `freq_scale`, and cos/sin are scaled by `mscale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yarn {
+    corr_dims: [f32; 2],
+    mscale: f32,
+}
+
+impl Yarn {
+    /// For a rope of `dim` dimensions and `base`, scaled by `factor` from a trained context of
+    /// `n_ctx_orig` tokens, with `beta_fast` / `beta_slow` (llama.cpp's defaults: 32 and 1).
+    pub fn new(dim: usize, base: f32, factor: f32, n_ctx_orig: usize, beta: (f32, f32)) -> Self {
+        // ggml_rope_yarn_corr_dims
+        let corr_dim = |n_rot: f32| {
+            dim as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let start = corr_dim(beta.0).floor();
+        let end = corr_dim(beta.1).ceil();
+        let corr_dims = [start.max(0.0), end.min(dim as f32 - 1.0)];
+        // llama_context: attn_factor = get_mscale(factor) / (1 + 0.1 ln factor), which ggml's
+        // rope then multiplies by 1 + 0.1 ln(1 / freq_scale); each rounding kept, and each
+        // `0.1 * ln(x) + 1` fused as the C++ compiler fuses it.
+        let freq_scale = 1.0 / factor;
+        let one_plus = |x: f32| 0.1f32.mul_add(x.ln(), 1.0);
+        let get_mscale = if factor <= 1.0 { 1.0 } else { one_plus(factor) };
+        let attn_factor = get_mscale * (1.0 / one_plus(factor));
+        let mscale = attn_factor * one_plus(1.0 / freq_scale);
+        Self { corr_dims, mscale }
+    }
+
+    /// ggml's `rope_yarn_ramp` at pair `i` (dimension `2i`).
+    fn ramp(&self, i: usize) -> f32 {
+        let [low, high] = self.corr_dims;
+        let y = (i as f32 - low) / (high - low).max(0.001);
+        1.0 - y.clamp(0.0, 1.0)
+    }
 }
 
 impl Rope {
@@ -37,9 +80,21 @@ impl Rope {
             let mut theta = p as f32;
             for i in 0..half {
                 let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
-                let t = self.freq_scale * (theta / ff);
-                cos.push(t.cos());
-                sin.push(t.sin());
+                let extrap = theta / ff;
+                let interp = self.freq_scale * extrap;
+                match &self.yarn {
+                    None => {
+                        cos.push(interp.cos());
+                        sin.push(interp.sin());
+                    }
+                    Some(y) => {
+                        let mix = y.ramp(i);
+                        // `interp * (1 - mix) + extrap * mix`, its first product fused.
+                        let t = interp.mul_add(1.0 - mix, extrap * mix);
+                        cos.push(t.cos() * y.mscale);
+                        sin.push(t.sin() * y.mscale);
+                    }
+                }
                 theta *= theta_scale;
             }
         }

@@ -38,6 +38,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
         base,
         freq_scale,
         freq_factors: None,
+        yarn: None,
     };
     let global_factor = f32_key("rope.scaling.factor", "").unwrap_or_else(|| {
         // config.json: {"rope_scaling": {"rope_type": "linear", "factor": 8.0}}

@@ -64,6 +64,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
             base,
             freq_scale,
             freq_factors,
+            yarn: None,
         }],
         layer_attn: super::uniform_layers(hp.n_layers),
         attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),

@@ -3,6 +3,7 @@
 //! Adding an architecture means adding a file here and a line to each match below.
 
 mod gemma3;
+mod gpt_oss;
 mod llama;
 mod qwen2;
 mod qwen3;
@@ -10,19 +11,20 @@ mod qwen3moe;
 
 use crate::{
     error::{EngineError, Result},
-    layers::{Attention, Block, Ffn, HfNames, MoeSpec, RmsNorm, Weights},
+    layers::{Attention, Block, Ffn, Gating, HfNames, MoeSpec, RmsNorm, Weights},
     ops::Activation,
     source::Source,
     spec::{HParams, Spec},
 };
 
-pub const SUPPORTED: &[&str] = &["gemma3", "qwen2", "qwen3", "qwen3moe", "llama"];
+pub const SUPPORTED: &[&str] = &["gemma3", "gpt-oss", "qwen2", "qwen3", "qwen3moe", "llama"];
 
 /// Reads the architecture's description from a model's metadata (no tensors are loaded).
 pub fn spec(src: &Source) -> Result<Spec> {
     let arch = src.arch()?;
     match arch.as_str() {
         "gemma3" => gemma3::spec(src),
+        "gpt-oss" => gpt_oss::spec(src),
         "qwen2" => qwen2::spec(src),
         "qwen3" => qwen3::spec(src),
         "qwen3moe" => qwen3moe::spec(src),
@@ -39,6 +41,7 @@ pub fn spec(src: &Source) -> Result<Spec> {
 pub(crate) fn block(spec: &Spec, w: &Weights, il: usize) -> Result<Block> {
     match spec.arch.as_str() {
         "gemma3" => gemma3::block(spec, w, il),
+        "gpt-oss" => gpt_oss::block(spec, w, il),
         "qwen3" | "qwen3moe" => llama_block(spec, w, il, true),
         _ => llama_block(spec, w, il, false),
     }
@@ -117,6 +120,7 @@ fn moe_spec(src: &Source, arch: &str, norm_default: bool) -> Result<Option<MoeSp
         n_used: n_used as usize,
         norm_weights: norm.unwrap_or(norm_default),
         scale: scale.unwrap_or(0.0),
+        gating: Gating::Softmax,
     }))
 }
 

@@ -29,6 +29,7 @@ pub(super) fn spec_of(src: &Source, arch: &str) -> Result<Spec> {
             base: base.unwrap_or(1_000_000.0),
             freq_scale: 1.0,
             freq_factors: None,
+            yarn: None,
         }],
         layer_attn: super::uniform_layers(hp.n_layers),
         attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),

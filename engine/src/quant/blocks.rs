@@ -126,6 +126,30 @@ pub struct BlockIQ4NL {
     pub qs: [u8; 16],
 }
 
+/// ggml's `kvalues_mxfp4`: the e2m1 (FP4) values doubled, so that they are integers.
+pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// MXFP4 (OCP microscaling FP4, gpt-oss's experts): 32 e2m1 codes sharing one power-of-two
+/// scale, stored as an e8m0 exponent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct BlockMXFP4 {
+    pub e: u8,
+    pub qs: [u8; 16],
+}
+
+/// `2^(e - 127) / 2` (ggml's `GGML_E8M0_TO_FP32_HALF`): the scale of an MXFP4 block, halved
+/// because [`KVALUES_MXFP4`] holds doubled values. Exponents 0 and 1 give subnormals.
+#[inline(always)]
+pub fn e8m0_to_f32_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
 pub struct BlockIQ4XS {
@@ -171,6 +195,7 @@ const _: () = {
     assert!(std::mem::size_of::<BlockQ3K>() == 110);
     assert!(std::mem::size_of::<BlockIQ4NL>() == 18);
     assert!(std::mem::size_of::<BlockIQ4XS>() == 136);
+    assert!(std::mem::size_of::<BlockMXFP4>() == 17);
 };
 
 /// Plain-old-data blocks: any byte pattern is a valid value.
@@ -192,6 +217,7 @@ unsafe impl Pod for BlockQ2K {}
 unsafe impl Pod for BlockQ3K {}
 unsafe impl Pod for BlockIQ4NL {}
 unsafe impl Pod for BlockIQ4XS {}
+unsafe impl Pod for BlockMXFP4 {}
 
 /// Views `bytes` as blocks; None when the length or the alignment does not fit.
 pub fn cast_blocks<T: Pod>(bytes: &[u8]) -> Option<&[T]> {
@@ -410,6 +436,18 @@ impl BlockIQ4NL {
         for i in 0..16 {
             v[i] = KVALUES_IQ4NL[(self.qs[i] & 0xF) as usize];
             v[i + 16] = KVALUES_IQ4NL[(self.qs[i] >> 4) as usize];
+        }
+        v
+    }
+}
+
+impl BlockMXFP4 {
+    /// Code book values in element order: low nibbles, then high nibbles (as IQ4_NL).
+    pub fn values(&self) -> [i8; 32] {
+        let mut v = [0i8; 32];
+        for i in 0..16 {
+            v[i] = KVALUES_MXFP4[(self.qs[i] & 0xF) as usize];
+            v[i + 16] = KVALUES_MXFP4[(self.qs[i] >> 4) as usize];
         }
         v
     }

@@ -1,4 +1,4 @@
-//! Weights back to f32 for the types candle does not know (IQ4_NL, IQ4_XS) and the k-quants
+//! Weights back to f32 for the types candle does not know (IQ4_NL, IQ4_XS, MXFP4) and the k-quants
 //! added with them, as ggml's `dequantize_row_*` computes them: token embeddings are looked up
 //! this way, and tests compare the kernels with float math on these values.
 
@@ -34,6 +34,10 @@ pub fn dequantize(ty: WeightType, bytes: &[u8]) -> Option<Vec<f32>> {
             let d = f16_to_f32(b.d);
             let (v, ls) = (b.values(), b.scales());
             std::array::from_fn::<f32, 256, _>(|e| d * ls[e / 32] as f32 * v[e] as f32)
+        }),
+        WeightType::MXFP4 => each(bytes, |b: &BlockMXFP4| {
+            let d = e8m0_to_f32_half(b.e);
+            b.values().map(|v| d * v as f32)
         }),
         _ => None,
     }

@@ -186,6 +186,8 @@ pub enum WeightType {
     IQ4NL,
     /// IQ4_NL's code book in super-blocks of 256 with 6-bit sub-block scales (against Q8_K).
     IQ4XS,
+    /// gpt-oss's microscaling FP4: e2m1 codes and a power-of-two scale per 32 (against Q8_0).
+    MXFP4,
 }
 
 /// How activations are quantized for a weight type.
@@ -203,7 +205,7 @@ impl WeightType {
 
     /// ggml's `ggml_type` number (the type id GGUF files store).
     pub fn ggml_id(self) -> u32 {
-        [2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23][self as usize]
+        [2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23, 39][self as usize]
     }
 
     /// The type of a ggml type id, if it has kernels here.
@@ -218,14 +220,14 @@ impl WeightType {
 
     pub fn act_type(self) -> ActType {
         match self {
-            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 | Self::IQ4NL => ActType::Q8_0,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 | Self::IQ4NL | Self::MXFP4 => ActType::Q8_0,
             Self::Q4_1 | Self::Q5_1 => ActType::Q8_1,
             Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS => ActType::Q8K,
         }
     }
 
     /// Every type, in declaration order.
-    pub const ALL: [WeightType; 12] = [
+    pub const ALL: [WeightType; 13] = [
         Self::Q4_0,
         Self::Q4_1,
         Self::Q5_0,
@@ -238,9 +240,10 @@ impl WeightType {
         Self::Q6K,
         Self::IQ4NL,
         Self::IQ4XS,
+        Self::MXFP4,
     ];
     /// candle's name of each type of [`WeightType::ALL`].
-    const GGML: [Option<GgmlDType>; 12] = [
+    const GGML: [Option<GgmlDType>; 13] = [
         Some(GgmlDType::Q4_0),
         Some(GgmlDType::Q4_1),
         Some(GgmlDType::Q5_0),
@@ -251,6 +254,7 @@ impl WeightType {
         Some(GgmlDType::Q4K),
         Some(GgmlDType::Q5K),
         Some(GgmlDType::Q6K),
+        None,
         None,
         None,
     ];
@@ -271,6 +275,7 @@ impl WeightType {
             Self::Q6K => size_of::<BlockQ6K>(),
             Self::IQ4NL => size_of::<BlockIQ4NL>(),
             Self::IQ4XS => size_of::<BlockIQ4XS>(),
+            Self::MXFP4 => size_of::<BlockMXFP4>(),
         }
     }
 
@@ -797,6 +802,7 @@ fn weight_view_ok(ty: WeightType, d: &[u8]) -> bool {
         WeightType::Q6K => cast_blocks::<BlockQ6K>(d).is_some(),
         WeightType::IQ4NL => cast_blocks::<BlockIQ4NL>(d).is_some(),
         WeightType::IQ4XS => cast_blocks::<BlockIQ4XS>(d).is_some(),
+        WeightType::MXFP4 => cast_blocks::<BlockMXFP4>(d).is_some(),
     }
 }
 

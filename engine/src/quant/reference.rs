@@ -83,6 +83,14 @@ impl Block32 for BlockIQ4NL {
         BlockIQ4NL::values(self)
     }
 }
+impl Block32 for BlockMXFP4 {
+    fn d(&self) -> f32 {
+        e8m0_to_f32_half(self.e)
+    }
+    fn values(&self) -> [i8; 32] {
+        BlockMXFP4::values(self)
+    }
+}
 impl Block32 for BlockQ8_0 {
     fn d(&self) -> f32 {
         f16_to_f32(self.d)
@@ -106,15 +114,25 @@ pub fn dot_lanes<B: Block32>(w: &[B], a: &[BlockQ8_0]) -> f32 {
 /// in pairs, even and odd ones in two sets of lanes added before the final sum, and an odd last
 /// block added on its own (`sumf += d * sumi`: a multiply, then an add).
 pub fn dot_iq4nl_pairs(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    dot_pairs(w, a)
+}
+
+/// `ggml_vec_dot_mxfp4_q8_0`, the same scheme as IQ4_NL's (ggml has no tinyBLAS or AVX-512
+/// path for MXFP4, so prompts and decoding both take it).
+pub fn dot_mxfp4_pairs(w: &[BlockMXFP4], a: &[BlockQ8_0]) -> f32 {
+    dot_pairs(w, a)
+}
+
+fn dot_pairs<B: Block32>(w: &[B], a: &[BlockQ8_0]) -> f32 {
     let mut acc = [[0f32; 8]; 2];
     let pairs = w.len() - w.len() % 2;
     for (b, (w, a)) in w[..pairs].iter().zip(a).enumerate() {
-        let d = f16_to_f32(a.d) * f16_to_f32(w.d);
+        let d = f16_to_f32(a.d) * w.d();
         fma_lanes(&mut acc[b % 2], d, lanes32(&w.values(), &a.qs));
     }
     let mut sum = hsum8(std::array::from_fn(|l| acc[0][l] + acc[1][l]));
     if let (Some(w), Some(a)) = (w[pairs..].first(), a.get(pairs)) {
-        let d = f16_to_f32(a.d) * f16_to_f32(w.d);
+        let d = f16_to_f32(a.d) * w.d();
         sum += d * dot32(&w.values(), &a.qs) as f32;
     }
     sum

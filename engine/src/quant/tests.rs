@@ -298,6 +298,20 @@ pub(super) fn random_weights(rng: &mut StdRng, ty: WeightType, n: usize, k: usiz
                 })
                 .collect(),
         ),
+        WeightType::MXFP4 => bytes_of(
+            (0..nb)
+                .map(|i| BlockMXFP4 {
+                    // Scales around 2^-8 (real experts'), now and then a subnormal or a huge one.
+                    e: match raw[i * 256 + 16] {
+                        0 => 0,
+                        1 => 1,
+                        255 => 160,
+                        b => 112 + b % 16,
+                    },
+                    qs: take(i, 16).try_into().unwrap(),
+                })
+                .collect(),
+        ),
         WeightType::IQ4XS => bytes_of(
             (0..nb)
                 .map(|i| BlockIQ4XS {
@@ -511,6 +525,10 @@ fn kernels_on_model_shapes() {
         (WeightType::Q5K, 35, 2, 10),
         (WeightType::Q6K, 37, 3, 9),
         (WeightType::Q4_0, 16, 7, 9),
+        // gpt-oss experts: odd block counts end in a lone block, prompts take the same path.
+        (WeightType::MXFP4, 17, 9, 1),
+        (WeightType::MXFP4, 24, 90, 7),
+        (WeightType::MXFP4, 5, 1, 3),
     ] {
         check_kernels(ty, n, j, m, 7).unwrap();
     }
@@ -557,4 +575,30 @@ fn matches_candle_within_float_tolerance() {
         let c: Vec<f32> = many[1].flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, c);
     }
+}
+
+#[test]
+fn mxfp4_scales_and_codes_are_ggml_s() {
+    // e8m0 halved: 2^(e - 128), subnormal for e < 2.
+    assert_eq!(e8m0_to_f32_half(127), 0.5);
+    assert_eq!(e8m0_to_f32_half(128), 1.0);
+    assert_eq!(e8m0_to_f32_half(254), 2f32.powi(126));
+    assert_eq!(e8m0_to_f32_half(1), 2f32.powi(-127));
+    assert_eq!(e8m0_to_f32_half(0), 2f32.powi(-128));
+    // e2m1 codes 0..7 are 0, 0.5, 1, 1.5, 2, 3, 4, 6 and 8..15 their negatives; with the block
+    // scale 2^0 (e = 127) the dequantized values are those.
+    let mut qs = [0u8; 16];
+    for (i, q) in qs.iter_mut().enumerate() {
+        *q = (i as u8) | (((15 - i) as u8) << 4);
+    }
+    let bytes = bytes_of(vec![BlockMXFP4 { e: 127, qs }]);
+    let v = super::dequant::dequantize(WeightType::MXFP4, &bytes).unwrap();
+    let e2m1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+    for i in 0..16 {
+        let want = |c: usize| if c < 8 { e2m1[c] } else { -e2m1[c - 8] };
+        assert_eq!(v[i], want(i), "low nibble {i}");
+        assert_eq!(v[16 + i], want(15 - i), "high nibble {i}");
+    }
+    assert_eq!(WeightType::from_ggml_id(39), Some(WeightType::MXFP4));
+    assert_eq!(WeightType::MXFP4.block_bytes(), 17);
 }

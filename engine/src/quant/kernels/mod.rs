@@ -58,6 +58,11 @@ pub(crate) fn matmul(
 ) {
     let m = acts.m;
     let nb = k / ty.block_len();
+    // MXFP4 has ggml's scalar arithmetic on ARM here (the NEON kernels do not cover it yet).
+    #[cfg(target_arch = "aarch64")]
+    if let (WeightType::MXFP4, ActData::Q8_0(a)) = (ty, &acts.data) {
+        return go(bytes, n, nb, a, m, out, &scalar(r::dot_mxfp4_pairs));
+    }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && x86::matmul(ty, bytes, n, nb, acts, out, isa) {
         return;
@@ -77,6 +82,10 @@ pub(crate) fn matmul(
         }
         (WeightType::IQ4NL, ActData::Q8_0(a)) => {
             go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockIQ4NL>))
+        }
+        // ggml's vec_dot for every row count (neither tinyBLAS nor mul_mat_id has another).
+        (WeightType::MXFP4, ActData::Q8_0(a)) => {
+            go(bytes, n, nb, a, m, out, &scalar(r::dot_mxfp4_pairs))
         }
         (WeightType::Q5_0, ActData::Q8_0(a)) => {
             go(bytes, n, nb, a, m, out, &scalar(r::dot_lanes::<BlockQ5_0>))

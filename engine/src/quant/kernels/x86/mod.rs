@@ -264,6 +264,10 @@ pub(crate) fn matmul(
             let mode = if m == 1 { acc::PAIRS } else { acc::LANES };
             w32::<BlockIQ4NL, _>(isa, mode, bytes, n, nb, a, ad, ns, m, out)
         }
+        // ggml's vec_dot (pairs) for every row count: MXFP4 has no tinyBLAS or AVX-512 path.
+        (WeightType::MXFP4, ActData::Q8_0(a)) => {
+            w32::<BlockMXFP4, _>(isa, acc::PAIRS, bytes, n, nb, a, ad, ns, m, out)
+        }
         (WeightType::Q5K, ActData::Q8K(a)) => {
             kq!(q5k, BlockQ5K, isa, bytes, n, nb, &a.rows, m, out)
         }

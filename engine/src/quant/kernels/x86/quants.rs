@@ -192,6 +192,36 @@ impl W32 for BlockIQ4NL {
     }
 }
 
+/// [`KVALUES_MXFP4`] plus 16, as unsigned bytes.
+const KVALUES_MXFP4_U: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (KVALUES_MXFP4[i] + 16) as u8;
+        i += 1;
+    }
+    t
+};
+
+impl W32 for BlockMXFP4 {
+    const OFFSET: u8 = 16;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn load_u(&self) -> __m256i {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            KVALUES_MXFP4_U.as_ptr() as *const __m128i
+        ));
+        _mm256_shuffle_epi8(table, nibbles32(&self.qs))
+    }
+    fn d_bits(&self) -> u16 {
+        unreachable!("an e8m0 scale, not an f16 one")
+    }
+    #[inline(always)]
+    unsafe fn d_f32(&self) -> f32 {
+        e8m0_to_f32_half(self.e)
+    }
+}
+
 /// Q8_0 and Q8_1 activation blocks.
 pub(crate) trait A32: Pod + Sync {
     fn qs(&self) -> &[i8; 32];
