@@ -349,6 +349,16 @@ pub(crate) fn reference_matmul(
             r::vec_dot32::<BlockQ8_0>(lanes, w, a)
         }),
         (WeightType::IQ4NL, ActData::Q8_0(a)) => go(bytes, n, nb, a, m, out, r::vec_dot_iq4nl),
+        // No NEON kernel yet: ARM runs the scalar reference (kernels/mod.rs).
+        (WeightType::MXFP4, ActData::Q8_0(a)) => go(
+            bytes,
+            n,
+            nb,
+            a,
+            m,
+            out,
+            super::super::reference::dot_mxfp4_pairs,
+        ),
         (WeightType::Q4_1, ActData::Q8_1(a)) if mmla => go(bytes, n, nb, a, m, out, r::mmla_q4_1),
         (WeightType::Q4_1, ActData::Q8_1(a)) => {
             go(bytes, n, nb, a, m, out, |w, a| r::vec_dot_q4_1(lanes, w, a))
