@@ -24,8 +24,8 @@ pub mod runner;
 pub mod sampling;
 pub mod scheduler;
 pub mod source;
-pub mod speculative;
 pub mod spec;
+pub mod speculative;
 pub mod text_stream;
 pub mod tokenizer;
 
@@ -40,7 +40,7 @@ pub use perplexity::{perplexity, Perplexity};
 pub use runner::{RunnerLimits, ShardRunner, StepOutput};
 pub use sampling::Sampler;
 pub use source::Source;
-pub use speculative::{Speculation, Speculator};
 pub use spec::{HParams, Spec};
+pub use speculative::{Speculation, Speculator};
 pub use text_stream::{FinishReason, Piece, TextStream};
 pub use tokenizer::TextTokenizer;

@@ -20,9 +20,9 @@ use exo_protocol::{SamplingParams, TokenOut};
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
+    model::Logits,
     model::ShardModel,
     sampling::Sampler,
-    model::Logits,
     scheduler::{Scheduler, StepInput},
 };
 

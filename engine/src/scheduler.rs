@@ -77,7 +77,9 @@ impl Active {
     /// moved to the chunk, and only the last row for a chunk before the wanted ones.
     fn chunk_logits(&self, n: usize) -> Logits {
         match self.job.logits {
-            Logits::From(from) if from < self.done + n => Logits::From(from.saturating_sub(self.done)),
+            Logits::From(from) if from < self.done + n => {
+                Logits::From(from.saturating_sub(self.done))
+            }
             _ => Logits::Last,
         }
     }

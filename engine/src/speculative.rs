@@ -30,7 +30,10 @@ pub enum Speculation {
     /// N-gram lookup in the prompt and the text so far.
     Lookup,
     /// A small model with the target's tokenizer, held by the driving node.
-    Draft { name: String, model: Arc<ShardModel> },
+    Draft {
+        name: String,
+        model: Arc<ShardModel>,
+    },
 }
 
 impl Speculation {
@@ -168,11 +171,7 @@ impl Speculator {
 /// after the verified token and `draft[..i]`, so draft token `i` stands when it equals
 /// `target[i]` and every one before it stood.
 pub fn accepted_prefix(draft: &[u32], target: &[u32]) -> usize {
-    draft
-        .iter()
-        .zip(target)
-        .take_while(|(d, t)| d == t)
-        .count()
+    draft.iter().zip(target).take_while(|(d, t)| d == t).count()
 }
 
 /// Prompt lookup: the tokens that followed the most recent earlier occurrence of the context's
@@ -243,9 +242,9 @@ impl DraftState {
         while out.len() < k && self.fed.len() + input.len() <= limit {
             let mut logits = None;
             for chunk in input.chunks(CHUNK) {
-                let l = self
-                    .model
-                    .forward(ShardInput::Tokens(chunk), &mut self.cache, Logits::Last)?;
+                let l =
+                    self.model
+                        .forward(ShardInput::Tokens(chunk), &mut self.cache, Logits::Last)?;
                 self.fed.extend_from_slice(chunk);
                 logits = Some(l);
             }

@@ -37,13 +37,19 @@ fn rollback_at_every_position(file: &str, shards: u32) {
         assert_eq!(outs.len(), input.len());
         let ids: Vec<u32> = outs.iter().map(|t| t.id).collect();
         let n = accepted_prefix(&input[1..], &ids);
-        assert_eq!(n, j, "{file} on {shards} shards: drafts accepted with {j} right");
+        assert_eq!(
+            n, j,
+            "{file} on {shards} shards: drafts accepted with {j} right"
+        );
         assert_eq!(&ids[..=j], &reference[1..=j + 1], "{file}: verified tokens");
         // Continue plainly after the accepted prefix: every shard rolls back to it.
         let mut tok = outs[j].clone();
         let mut pos = start + 1 + j;
         for (i, want) in reference.iter().enumerate().skip(j + 1) {
-            assert_eq!(tok.id, *want, "{file} on {shards} shards, split {j}: token {i}");
+            assert_eq!(
+                tok.id, *want,
+                "{file} on {shards} shards, split {j}: token {i}"
+            );
             tok = ring.step(&key, pos, &[tok.id], &p).unwrap();
             pos += 1;
         }

@@ -109,7 +109,10 @@ impl NodeBackend {
     }
 
     /// Speculates for the requests to these models.
-    pub fn with_speculation(mut self, speculation: HashMap<String, exo_engine::Speculation>) -> Self {
+    pub fn with_speculation(
+        mut self,
+        speculation: HashMap<String, exo_engine::Speculation>,
+    ) -> Self {
         self.speculation = speculation;
         self
     }

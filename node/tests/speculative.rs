@@ -88,9 +88,15 @@ fn lookup_and_draft_keep_greedy_text_on_a_two_node_ring() {
             2,
             "not a ring of two:\n{log}"
         );
-        assert_eq!(text, plain, "{extra:?} on a 2-node ring changed the greedy text");
+        assert_eq!(
+            text, plain,
+            "{extra:?} on a 2-node ring changed the greedy text"
+        );
         let (drafted, accepted) = acceptance(&log);
-        assert!(drafted > 0 && accepted > 0, "{extra:?}: {accepted}/{drafted}");
+        assert!(
+            drafted > 0 && accepted > 0,
+            "{extra:?}: {accepted}/{drafted}"
+        );
     }
 }
 
@@ -104,7 +110,10 @@ fn a_serving_node_speculates_for_its_requests() {
     a.env("DEBUG", "1");
     a.start(&["--model", model, "--no-mdns", "--lookup"]);
     let text = common::complete(&a, id, "def quicksort(arr):", 32);
-    assert_eq!(text, reference, "a serving node with --lookup changed the greedy text");
+    assert_eq!(
+        text, reference,
+        "a serving node with --lookup changed the greedy text"
+    );
     wait_for_log(&a, "drafted=");
 }
 

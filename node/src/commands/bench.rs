@@ -62,7 +62,15 @@ async fn speculative_line(
     let mut same = true;
     for _ in 0..reps.max(1) {
         let mut text = Collect(String::new());
-        let base = generate_speculative(&mut make(), &info.tokenizer, &prompt, &params, &mut text, None).await?;
+        let base = generate_speculative(
+            &mut make(),
+            &info.tokenizer,
+            &prompt,
+            &params,
+            &mut text,
+            None,
+        )
+        .await?;
         plain.push(base.tokens_per_second);
         let mut speculator = spec.speculator(info.context_length());
         let mut spec_text = Collect(String::new());

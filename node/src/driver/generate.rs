@@ -11,7 +11,9 @@
 use std::{future::Future, time::Instant};
 
 use anyhow::Result;
-use exo_engine::{speculative::accepted_prefix, FinishReason, Speculator, TextStream, TextTokenizer};
+use exo_engine::{
+    speculative::accepted_prefix, FinishReason, Speculator, TextStream, TextTokenizer,
+};
 use exo_protocol::{SamplingParams, TokenOut};
 
 /// Runs one step of a request over some ring of shards.
@@ -167,7 +169,12 @@ async fn run<S: Stepper>(
         }
         drafted += drafts.len();
         accepted += n;
-        tracing::trace!(position, proposed = drafts.len(), accepted = n, "verified drafts");
+        tracing::trace!(
+            position,
+            proposed = drafts.len(),
+            accepted = n,
+            "verified drafts"
+        );
         // Positions `position..=position + n` now hold `last` and the accepted drafts; the
         // next step starts right after them, which rolls every stage's cache back past the
         // rejected ones.

@@ -58,10 +58,10 @@ impl Stepper for LocalStepper {
             tokens.to_vec(),
             sampling.clone(),
         );
-        Ok(tokio::task::spawn_blocking(move || {
-            ring.verify(&key, position, &tokens, &sampling, 0)
-        })
-        .await??)
+        Ok(
+            tokio::task::spawn_blocking(move || ring.verify(&key, position, &tokens, &sampling, 0))
+                .await??,
+        )
     }
 
     fn can_verify(&self) -> bool {

@@ -22,10 +22,9 @@ impl SpeculationArgs {
             .await
             .with_context(|| format!("cannot get draft model {draft}"))?;
         let (tokenizer, id) = (target.tokenizer.clone(), target.id.clone());
-        let spec = tokio::task::spawn_blocking(move || {
-            Speculation::load_draft(&path, &tokenizer, &id)
-        })
-        .await??;
+        let spec =
+            tokio::task::spawn_blocking(move || Speculation::load_draft(&path, &tokenizer, &id))
+                .await??;
         tracing::info!(model = %target.id, draft = %spec.name(), "speculative decoding with a draft model");
         Ok(Some(spec))
     }
