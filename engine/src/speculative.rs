@@ -200,7 +200,7 @@ impl NgramLookup {
             }
             let tail = &context[len - n..];
             // The most recent occurrence that has something after it (not the tail itself).
-            if let Some(start) = (0..len - n).rev().find(|&s| &context[s..s + n] == tail) {
+            if let Some(start) = (0..len - n).rev().find(|&s| context[s..s + n] == *tail) {
                 let from = start + n;
                 return context[from..(from + k).min(len)].to_vec();
             }
