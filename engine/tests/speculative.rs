@@ -44,14 +44,13 @@ fn rollback_at_every_position(file: &str, shards: u32) {
         assert_eq!(&ids[..=j], &reference[1..=j + 1], "{file}: verified tokens");
         // Continue plainly after the accepted prefix: every shard rolls back to it.
         let mut tok = outs[j].clone();
-        let mut pos = start + 1 + j;
-        for (i, want) in reference.iter().enumerate().skip(j + 1) {
+        let rest = reference.iter().enumerate().skip(j + 1);
+        for (pos, (i, want)) in (start + 1 + j..).zip(rest) {
             assert_eq!(
                 tok.id, *want,
                 "{file} on {shards} shards, split {j}: token {i}"
             );
             tok = ring.step(&key, pos, &[tok.id], &p).unwrap();
-            pos += 1;
         }
         ring.release(&key);
     }
