@@ -151,6 +151,19 @@ impl LayerKv {
         self.len == 0
     }
 
+    /// Drops every position from `len` on (speculative tokens that were rejected). The memory
+    /// stays reserved for the positions that replace them.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for c in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let row = c.len() / self.len;
+            c.truncate(len * row);
+        }
+        self.len = len;
+    }
+
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|h| h.capacity() * 4).sum()
     }

@@ -23,6 +23,19 @@ impl KvCache {
         self.position
     }
 
+    /// Rolls the cache back to `position` tokens: the positions after it (draft tokens the
+    /// target rejected) are forgotten, and the next step continues at `position`. A position at
+    /// or past the current one changes nothing.
+    pub fn truncate(&mut self, position: usize) {
+        if position >= self.position {
+            return;
+        }
+        for layer in &mut self.layers {
+            layer.truncate(position);
+        }
+        self.position = position;
+    }
+
     pub(crate) fn advance(&mut self, tokens: usize) {
         self.position += tokens;
     }

@@ -25,6 +25,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod source;
 pub mod spec;
+pub mod speculative;
 pub mod text_stream;
 pub mod tokenizer;
 
@@ -40,5 +41,6 @@ pub use runner::{RunnerLimits, ShardRunner, StepOutput};
 pub use sampling::Sampler;
 pub use source::Source;
 pub use spec::{HParams, Spec};
+pub use speculative::{Speculation, Speculator};
 pub use text_stream::{FinishReason, Piece, TextStream};
 pub use tokenizer::TextTokenizer;

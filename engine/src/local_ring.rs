@@ -72,14 +72,45 @@ impl LocalRing {
         tokens: &[u32],
         sampling: &SamplingParams,
     ) -> Result<TokenOut> {
+        match self.run(key, position, tokens, sampling, None)? {
+            StepOutput::Token(t) => Ok(t),
+            _ => Err(EngineError::Invalid("the last shard sent no token".into())),
+        }
+    }
+
+    /// Feeds `tokens` at `position` through every shard; returns the token sampled after each
+    /// of them from the `from`-th on (speculative verification). A position behind the
+    /// request's rolls every shard's cache back to it first.
+    pub fn verify(
+        &self,
+        key: &str,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        from: usize,
+    ) -> Result<Vec<TokenOut>> {
+        match self.run(key, position, tokens, sampling, Some(from))? {
+            StepOutput::Tokens(t) => Ok(t),
+            _ => Err(EngineError::Invalid("the last shard sent no tokens".into())),
+        }
+    }
+
+    fn run(
+        &self,
+        key: &str,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        from: Option<usize>,
+    ) -> Result<StepOutput> {
         let mut hidden = None;
         for runner in &self.runners {
             if let (true, Some(h)) = (self.through_wire, &hidden) {
                 hidden = Some(self.wire_round_trip(key, position, tokens, h, runner)?);
             }
-            match runner.step(key, position, tokens, hidden.take(), sampling)? {
+            match runner.step(key, position, tokens, hidden.take(), sampling, from)? {
                 StepOutput::Hidden(h) => hidden = Some(h),
-                StepOutput::Token(t) => return Ok(t),
+                out => return Ok(out),
             }
         }
         Err(EngineError::Invalid("the ring has no last shard".into()))

@@ -20,6 +20,7 @@ use exo_protocol::{SamplingParams, TokenOut};
 use crate::{
     error::{EngineError, Result},
     kv_cache::KvCache,
+    model::Logits,
     model::ShardModel,
     sampling::Sampler,
     scheduler::{Scheduler, StepInput},
@@ -60,6 +61,9 @@ pub enum StepOutput {
     Hidden(Tensor),
     /// The sampled token (last shard).
     Token(TokenOut),
+    /// The token sampled after each position from the step's `logits_from` on (last shard):
+    /// what the target model says follows each draft token it is verifying.
+    Tokens(Vec<TokenOut>),
 }
 
 struct RequestState {
@@ -112,9 +116,13 @@ impl ShardRunner {
     }
 
     /// Runs one step of request `key`: `tokens` (first shard) or `hidden` states at `position`.
-    /// Position 0 starts the request afresh (a new prompt or a replay after recovery); later
-    /// positions must continue the request's cache exactly. Blocks until the scheduler has run
-    /// the step in a batch with whatever else was waiting.
+    /// Position 0 starts the request afresh (a new prompt or a replay after recovery); a later
+    /// position continues the request's cache, rolling it back first when the position is
+    /// behind it (the tokens after it were speculative drafts the target rejected). Blocks until
+    /// the scheduler has run the step in a batch with whatever else was waiting.
+    ///
+    /// With `logits_from = Some(i)` the last shard samples a token after each position from
+    /// the step's `i`-th token on ([`StepOutput::Tokens`]), otherwise after the last one.
     pub fn step(
         &self,
         key: &str,
@@ -122,6 +130,7 @@ impl ShardRunner {
         tokens: &[u32],
         hidden: Option<Tensor>,
         sampling: &SamplingParams,
+        logits_from: Option<usize>,
     ) -> Result<StepOutput> {
         let len = match &hidden {
             Some(h) => h.dims3()?.1,
@@ -130,6 +139,15 @@ impl ShardRunner {
         let state = self.state_for(key, position, len, sampling)?;
         let cache = {
             let mut s = state.lock().expect("request state poisoned");
+            if position > 0 && position < s.position {
+                // Only this request's steps use its cache, one at a time: no forward holds it.
+                s.cache
+                    .lock()
+                    .expect("KV cache poisoned")
+                    .truncate(position);
+                tracing::trace!(request = %key, from = s.position, to = position, range = %self.model.range(), "rolled back KV cache");
+                s.position = position;
+            }
             if s.position != position {
                 return Err(EngineError::Invalid(format!(
                     "request {key} is at position {} on {}, frame is for position {position}",
@@ -144,19 +162,40 @@ impl ShardRunner {
             Some(h) => StepInput::Hidden(h),
             None => StepInput::Tokens(tokens.to_vec()),
         };
-        let out = self.scheduler.step(position, input, cache)?;
+        let logits = match logits_from {
+            Some(from) if from < len => Logits::From(from),
+            Some(from) => {
+                return Err(EngineError::Invalid(format!(
+                    "logits from token {from} of a step of {len} tokens"
+                )))
+            }
+            None => Logits::Last,
+        };
+        let out = self.scheduler.step(position, input, cache, logits)?;
         let mut state = state.lock().expect("request state poisoned");
         state.position = position + len;
         state.last_used = Instant::now();
-        match state.sampler.as_mut() {
-            Some(sampler) => {
-                sampler.observe(tokens);
-                Ok(StepOutput::Token(
-                    sampler.sample(&out, sampling.allowed.as_ref())?,
-                ))
+        let Some(sampler) = state.sampler.as_mut() else {
+            return Ok(StepOutput::Hidden(out));
+        };
+        let Some(from) = logits_from else {
+            sampler.observe(tokens);
+            return Ok(StepOutput::Token(
+                sampler.sample(&out, sampling.allowed.as_ref())?,
+            ));
+        };
+        // Each row is sampled as a plain step at that position would be: after the tokens up
+        // to and including its own.
+        sampler.observe(&tokens[..(from + 1).min(tokens.len())]);
+        let rows = out.dims3()?.1;
+        let mut picked = Vec::with_capacity(rows);
+        for r in 0..rows {
+            if r > 0 {
+                sampler.observe(tokens.get(from + r..from + r + 1).unwrap_or(&[]));
             }
-            None => Ok(StepOutput::Hidden(out)),
+            picked.push(sampler.sample(&out.narrow(1, r, 1)?, sampling.allowed.as_ref())?);
         }
+        Ok(StepOutput::Tokens(picked))
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {

@@ -52,6 +52,8 @@ impl StepInput {
 struct Job {
     position: usize,
     input: StepInput,
+    /// On the last shard: the positions of the step whose logits are wanted.
+    logits: Logits,
     cache: Arc<Mutex<KvCache>>,
     reply: mpsc::SyncSender<Result<Tensor>>,
 }
@@ -62,13 +64,32 @@ struct Active {
     len: usize,
     /// Tokens already run.
     done: usize,
-    /// Hidden states of the chunks run so far (not the last shard).
+    /// Hidden states of the chunks run so far, or on the last shard the wanted logits.
     outputs: Vec<Tensor>,
 }
 
 impl Active {
     fn next_chunk(&self) -> usize {
         (self.len - self.done).min(CHUNK)
+    }
+
+    /// The logits the next chunk of `n` tokens computes (last shard): the step's own choice
+    /// moved to the chunk, and only the last row for a chunk before the wanted ones.
+    fn chunk_logits(&self, n: usize) -> Logits {
+        match self.job.logits {
+            Logits::From(from) if from < self.done + n => {
+                Logits::From(from.saturating_sub(self.done))
+            }
+            _ => Logits::Last,
+        }
+    }
+
+    /// Whether the chunk of `n` tokens just run produced rows the step wants (last shard).
+    fn keeps(&self, n: usize) -> bool {
+        match self.job.logits {
+            Logits::From(from) => from < self.done + n,
+            Logits::Last => self.done + n == self.len,
+        }
     }
 }
 
@@ -111,12 +132,14 @@ impl Scheduler {
 
     /// Runs `input` at `position` of `cache` in the next forward that has room for it; returns
     /// the shard's output for the whole step (hidden states of every token, or on the last
-    /// shard the logits of the last one).
+    /// shard the logits `logits` asks for: the last position's, or every one from an index on,
+    /// which is how speculative drafts are verified).
     pub fn step(
         &self,
         position: usize,
         input: StepInput,
         cache: Arc<Mutex<KvCache>>,
+        logits: Logits,
     ) -> Result<Tensor> {
         let stopped =
             || EngineError::Invalid(format!("the batching thread of {} stopped", self.range));
@@ -125,6 +148,7 @@ impl Scheduler {
             .send(Job {
                 position,
                 input,
+                logits,
                 cache,
                 reply,
             })
@@ -197,6 +221,10 @@ fn run(model: &ShardModel, rx: mpsc::Receiver<Job>, stats: &Stats) {
                     })
                 })
                 .collect();
+            let mut logits_of = picked
+                .iter()
+                .zip(&chunks)
+                .map(|(&i, &n)| active[i].chunk_logits(n));
             let seqs = inputs
                 .into_iter()
                 .zip(guards.iter_mut())
@@ -204,7 +232,7 @@ fn run(model: &ShardModel, rx: mpsc::Receiver<Job>, stats: &Stats) {
                     Ok(SeqStep {
                         input: input?,
                         cache,
-                        logits: Logits::Last,
+                        logits: logits_of.next().expect("one per sequence"),
                     })
                 })
                 .collect::<Result<Vec<_>>>();
@@ -223,12 +251,10 @@ fn run(model: &ShardModel, rx: mpsc::Receiver<Job>, stats: &Stats) {
             Ok(outs) => {
                 for ((&i, n), out) in picked.iter().zip(chunks).zip(outs) {
                     let a = &mut active[i];
-                    a.done += n;
-                    if model.range().is_last() {
-                        a.outputs = vec![out];
-                    } else {
+                    if !model.range().is_last() || a.keeps(n) {
                         a.outputs.push(out);
                     }
+                    a.done += n;
                 }
             }
             Err(e) => {

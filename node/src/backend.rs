@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
-    generate::{generate, Delta, DeltaSink, GenerateParams, Stepper},
+    generate::{generate, generate_speculative, Delta, DeltaSink, GenerateParams, Stepper},
     node::Node,
     ring::{RingError, RingStepper},
 };
@@ -31,6 +31,8 @@ pub struct NodeBackend {
     started: u64,
     /// Each model's vocabulary as the grammar engine sees it, built on first use.
     vocabs: Mutex<HashMap<String, Arc<ConstraintVocab>>>,
+    /// Speculative decoding per model id (`--draft` / `--lookup`), for greedy requests.
+    speculation: HashMap<String, exo_engine::Speculation>,
 }
 
 /// A stepper that constrains each sampled token to a grammar: before a step it computes the
@@ -102,7 +104,17 @@ impl NodeBackend {
             node,
             started,
             vocabs: Mutex::new(HashMap::new()),
+            speculation: HashMap::new(),
         }
+    }
+
+    /// Speculates for the requests to these models.
+    pub fn with_speculation(
+        mut self,
+        speculation: HashMap<String, exo_engine::Speculation>,
+    ) -> Self {
+        self.speculation = speculation;
+        self
     }
 
     /// The grammar for `schema` over `model`'s vocabulary.
@@ -297,6 +309,7 @@ impl Backend for NodeBackend {
             let (tx, mut rx) = mpsc::channel(64);
             let prompt_tokens = prompt.len();
             let stepper = RingStepper::new(self.node.ring(), plan);
+            let speculation = self.speculation.get(&req.model).cloned();
             let metrics = self.node.metrics.clone();
             metrics.requests.inc();
             let span =
@@ -321,8 +334,17 @@ impl Backend for NodeBackend {
                         }
                         None => {
                             let mut stepper = stepper;
-                            generate(&mut stepper, &info.tokenizer, &prompt, &params, &mut sink)
-                                .await
+                            let mut speculator =
+                                speculation.map(|s| s.speculator(info.context_length()));
+                            generate_speculative(
+                                &mut stepper,
+                                &info.tokenizer,
+                                &prompt,
+                                &params,
+                                &mut sink,
+                                speculator.as_mut(),
+                            )
+                            .await
                         }
                     };
                     let event = match result {

@@ -193,6 +193,8 @@ pub struct ServeArgs {
     pub model: Vec<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub speculation: SpeculationArgs,
     /// Port of the HTTP API.
     #[arg(long, default_value_t = 52415, env = "EXO_API_PORT")]
     pub api_port: u16,
@@ -228,6 +230,25 @@ pub struct ServeArgs {
         value_parser = parse_memory
     )]
     pub kv_memory: Option<u64>,
+}
+
+/// Speculative decoding: something cheap proposes the next few tokens and the ring checks them
+/// all in one pass, keeping those it agrees with. Only greedy generations speculate
+/// (temperature 0, no repetition penalty, no grammar); their text is exactly what plain
+/// decoding writes. Sampled generations decode one token per pass as before.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SpeculationArgs {
+    /// A small draft model with the same tokenizer as the model (a .gguf file, a safetensors
+    /// directory, `owner/repo[:QUANT]` or a known name), held by the driving node: it proposes
+    /// tokens (more while the ring accepts them all, fewer when it rejects them) that the ring
+    /// verifies in one pass. A draft whose tokenizer differs is refused.
+    #[arg(long, value_name = "MODEL", env = "EXO_DRAFT")]
+    pub draft: Option<String>,
+    /// Prompt lookup: propose the tokens that followed the last few tokens where they occurred
+    /// before, in the prompt or the text so far (helps code edits and questions about a pasted
+    /// document; needs no draft model).
+    #[arg(long, env = "EXO_LOOKUP", conflicts_with = "draft", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
+    pub lookup: bool,
 }
 
 /// Sampling and length settings of a generation.
@@ -275,6 +296,8 @@ pub struct RunArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub speculation: SpeculationArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
     /// Wait until this many other nodes serving MODEL are in the topology, then run over the
@@ -336,6 +359,11 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 3)]
     pub repetitions: usize,
+    /// With --draft or --lookup: also generate --gen-tokens tokens greedily for a code-writing
+    /// chat prompt, plainly and speculating, on one node and on the ring, and print tok/s and
+    /// the acceptance rate.
+    #[command(flatten)]
+    pub speculation: SpeculationArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
     /// Also measure the ring of this node and this many other nodes serving MODEL.

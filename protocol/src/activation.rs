@@ -3,7 +3,9 @@
 //! The node that takes a request (the driver) sends token ids to the first stage of its plan.
 //! Each stage runs its layers and forwards the hidden states to the next stage as a new request,
 //! awaiting that stage's reply; the last stage samples and replies with only the token id, which
-//! travels back down the chain to the driver.
+//! travels back down the chain to the driver. A frame may ask for a token after each of its
+//! positions (`logits_from`), and a frame behind a stage's KV cache rolls that cache back to
+//! its position first: together they verify speculative drafts and drop the rejected ones.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,11 @@ pub struct ActivationRequest {
     pub payload: Payload,
     /// Applied by the last stage.
     pub sampling: SamplingParams,
+    /// When set, the last stage samples a token after each position from the `i`-th token of
+    /// the frame on and replies [`Outcome::Tokens`]: how a driver verifies speculative drafts
+    /// in one pass. Unset, it samples after the last position only ([`Outcome::Token`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits_from: Option<u32>,
 }
 
 impl ActivationRequest {
@@ -53,7 +60,14 @@ impl ActivationRequest {
             tokens,
             payload,
             sampling,
+            logits_from: None,
         }
+    }
+
+    /// The same request with logits (a sampled token) for every position from `from` on.
+    pub fn with_logits_from(mut self, from: Option<u32>) -> Self {
+        self.logits_from = from;
+        self
     }
 
     /// The same request addressed to the next stage, carrying `payload`.
@@ -248,6 +262,8 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Token(TokenOut),
+    /// The token sampled after each position from the frame's `logits_from` on.
+    Tokens(Vec<TokenOut>),
     Released,
     Error {
         kind: ErrorKind,

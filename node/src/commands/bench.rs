@@ -12,12 +12,96 @@ use std::{
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use exo_engine::{LocalRing, ModelInfo};
+use exo_engine::{ChatMessage, LocalRing, ModelInfo, Speculation};
 use exo_protocol::SamplingParams;
 
 use crate::{
-    cli::BenchArgs, generate::Stepper, local::LocalStepper, node::Node, ring::RingStepper,
+    cli::BenchArgs,
+    generate::{generate_speculative, Delta, DeltaSink, GenerateParams, Stepper},
+    local::LocalStepper,
+    node::Node,
+    ring::RingStepper,
 };
+
+/// The chat prompt of the speculative-decoding test: code writing, where a draft model and
+/// prompt lookup both have something to go on.
+const CODE_PROMPT: &str = "Write a Python function `summarize_orders(path)` that reads a CSV \
+    file of orders with the columns id, customer, amount and date, and returns the total amount \
+    per customer sorted from the largest total to the smallest. Use the csv module, type hints \
+    and a docstring, then show an example call.";
+
+/// Collects generated text.
+struct Collect(String);
+
+impl DeltaSink for Collect {
+    async fn send(&mut self, delta: Delta) -> bool {
+        self.0.push_str(&delta.text);
+        true
+    }
+}
+
+/// Greedy generation of `gen` tokens for [`CODE_PROMPT`], plainly and with `spec`, alternating,
+/// `reps` times each: the table line with mean tok/s of both, their ratio, the acceptance rate,
+/// tokens per verification pass and whether the two texts were the same.
+async fn speculative_line(
+    config: &str,
+    make: impl Fn() -> BoxedStepper,
+    info: &ModelInfo,
+    spec: &Speculation,
+    gen: usize,
+    reps: usize,
+) -> Result<String> {
+    let prompt = info.encode_chat(&[ChatMessage::new("user", CODE_PROMPT)])?;
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: gen,
+        stop: Vec::new(),
+    };
+    let (mut plain, mut fast) = (Vec::new(), Vec::new());
+    let (mut drafted, mut accepted, mut passes, mut tokens) = (0, 0, 0, 0);
+    let mut same = true;
+    for _ in 0..reps.max(1) {
+        let mut text = Collect(String::new());
+        let base = generate_speculative(
+            &mut make(),
+            &info.tokenizer,
+            &prompt,
+            &params,
+            &mut text,
+            None,
+        )
+        .await?;
+        plain.push(base.tokens_per_second);
+        let mut speculator = spec.speculator(info.context_length());
+        let mut spec_text = Collect(String::new());
+        let s = generate_speculative(
+            &mut make(),
+            &info.tokenizer,
+            &prompt,
+            &params,
+            &mut spec_text,
+            Some(&mut speculator),
+        )
+        .await?;
+        fast.push(s.tokens_per_second);
+        drafted += s.drafted;
+        accepted += s.accepted;
+        passes += speculator.rounds;
+        tokens += s.completion_tokens;
+        same &= text.0 == spec_text.0;
+    }
+    let (p, _) = mean_stddev(&plain);
+    let (f, _) = mean_stddev(&fast);
+    Ok(format!(
+        "| {config} | {} | {gen} | {p:.2} | {f:.2} | {:.2}x | {:.2} | {:.2} | {} |",
+        spec.name(),
+        f / p,
+        accepted as f64 / (drafted as f64).max(1.0),
+        // Tokens each pass through the ring produced (the first comes from the prefill).
+        tokens.saturating_sub(reps.max(1)) as f64 / (passes as f64).max(1.0),
+        if same { "yes" } else { "NO" }
+    ))
+}
 
 struct Row {
     config: String,
@@ -99,6 +183,20 @@ impl Stepper for BoxedStepper {
             BoxedStepper::Local(s) => s.step(position, tokens, sampling).await,
             BoxedStepper::Ring(s) => s.step(position, tokens, sampling).await,
         }
+    }
+    async fn verify(
+        &mut self,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<Vec<exo_protocol::TokenOut>> {
+        match self {
+            BoxedStepper::Local(s) => s.verify(position, tokens, sampling).await,
+            BoxedStepper::Ring(s) => s.verify(position, tokens, sampling).await,
+        }
+    }
+    fn can_verify(&self) -> bool {
+        true
     }
     async fn release(&mut self) {
         match self {
@@ -212,8 +310,10 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
     let mut prompt = info.encode_prompt(&text)?;
     prompt.truncate(args.prompt_tokens.max(1));
 
+    let speculation = args.speculation.load(&info).await?;
     let mut rows = Vec::new();
     let mut extra = Vec::new();
+    let mut spec_lines = Vec::new();
     let mut configs = vec![1];
     if args.shards > 1 {
         configs.push(args.shards);
@@ -238,6 +338,13 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
             &args,
         )
         .await?;
+        if let (1, Some(spec)) = (k, &speculation) {
+            let make = || BoxedStepper::Local(LocalStepper::new(ring.clone()));
+            spec_lines.push(
+                speculative_line(&name, make, &info, spec, args.gen_tokens, args.repetitions)
+                    .await?,
+            );
+        }
         if k == 1 && !args.concurrency.is_empty() {
             let make = || BoxedStepper::Local(LocalStepper::new(ring.clone()));
             let table = concurrency_table(&name, &args.concurrency, make, &prompt, args.gen_tokens);
@@ -274,6 +381,13 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
         };
         let make = || BoxedStepper::Ring(RingStepper::new(ring.clone(), plan.clone()));
         extra.extend(concurrency_table(&name, &counts, make, &prompt, args.gen_tokens).await?);
+        if let Some(spec) = &speculation {
+            let make = || BoxedStepper::Ring(RingStepper::new(ring.clone(), plan.clone()));
+            spec_lines.push(
+                speculative_line(&name, make, &info, spec, args.gen_tokens, args.repetitions)
+                    .await?,
+            );
+        }
     }
 
     let size = info.weight_bytes as f64 / (1 << 20) as f64;
@@ -293,6 +407,14 @@ pub async fn bench(args: BenchArgs, threads: usize) -> Result<()> {
     for line in extra {
         let gap = if line.starts_with('|') { "" } else { "\n" };
         println!("{gap}{line}");
+    }
+    if !spec_lines.is_empty() {
+        println!("\nspeculative decoding: greedy chat answer to a code-writing prompt, plain and speculating");
+        println!("| config | speculation | max tokens | plain t/s | speculative t/s | speedup | acceptance | tokens/pass | same text |");
+        println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+        for line in spec_lines {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use exo_protocol::SamplingParams;
 
 use crate::{
     cli::{RunArgs, SamplingArgs},
-    generate::{generate, Delta, DeltaSink, GenerateParams, Stepper},
+    generate::{generate_speculative, Delta, DeltaSink, GenerateParams, Stepper},
     local::LocalStepper,
     node::Node,
     ring::RingStepper,
@@ -134,17 +134,29 @@ async fn stream_to_stdout(
     prompt: &[u32],
     args: &RunArgs,
 ) -> Result<()> {
-    let summary = generate(
+    let speculation = args.speculation.load(info).await?;
+    let mut speculator = speculation.map(|s| s.speculator(info.context_length()));
+    let summary = generate_speculative(
         &mut stepper,
         &info.tokenizer,
         prompt,
         &args.sampling.params(),
         &mut Stdout,
+        speculator.as_mut(),
     )
     .await
     .context("generation failed")?;
     if std::io::stdout().is_terminal() {
         println!();
+    }
+    if let Some(s) = &speculator {
+        tracing::info!(
+            drafted = s.proposed,
+            accepted = s.accepted,
+            acceptance = format!("{:.2}", s.acceptance()),
+            passes = s.rounds,
+            "speculative decoding"
+        );
     }
     tracing::debug!(?summary, "run finished");
     Ok(())

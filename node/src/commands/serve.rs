@@ -99,7 +99,16 @@ pub async fn serve(args: ServeArgs, threads: usize) -> Result<()> {
     };
     let wanted = opts.discovery.listen.clone();
     let node = Arc::new(Node::start(opts).await?);
-    let backend = Arc::new(NodeBackend::new(node.clone()));
+    let mut speculation = std::collections::HashMap::new();
+    for id in node.models.ids().cloned().collect::<Vec<_>>() {
+        let Some(model) = node.models.get(&id) else {
+            continue;
+        };
+        if let Some(s) = args.speculation.load(&model.info).await? {
+            speculation.insert(id, s);
+        }
+    }
+    let backend = Arc::new(NodeBackend::new(node.clone()).with_speculation(speculation));
     // Readiness lines, with the real ports: scripts and tests wait on them.
     let peer = node.client.local_peer_id();
     for addr in bound_listen_addrs(&node, &wanted).await {

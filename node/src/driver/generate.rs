@@ -1,10 +1,19 @@
 //! The generation loop run by the node that takes a request: feed the prompt, then each sampled
 //! token, through a [`Stepper`] (an in-process ring or the mesh) and turn tokens into text.
+//!
+//! With a [`Speculator`] and greedy sampling, each step feeds the sampled token together with the
+//! tokens the speculator guesses follow it; the ring answers what it samples after each of them
+//! in one pass, and the guesses it agrees with are taken as if decoded one by one (the text is
+//! the same as plain greedy decoding). The next step's position rolls every stage's KV cache
+//! back past the rejected guesses. With temperature sampling, a repetition penalty or a grammar
+//! there is no speculation: every step is a plain one.
 
 use std::{future::Future, time::Instant};
 
 use anyhow::Result;
-use exo_engine::{FinishReason, TextStream, TextTokenizer};
+use exo_engine::{
+    speculative::accepted_prefix, FinishReason, Speculator, TextStream, TextTokenizer,
+};
 use exo_protocol::{SamplingParams, TokenOut};
 
 /// Runs one step of a request over some ring of shards.
@@ -16,6 +25,20 @@ pub trait Stepper: Send {
         tokens: &[u32],
         sampling: &SamplingParams,
     ) -> impl Future<Output = Result<TokenOut>> + Send;
+    /// Feeds `tokens` at `position` (rolling the caches back to it when they are past it) and
+    /// returns the token sampled after each of them: one pass that verifies speculative drafts.
+    fn verify(
+        &mut self,
+        _position: usize,
+        _tokens: &[u32],
+        _sampling: &SamplingParams,
+    ) -> impl Future<Output = Result<Vec<TokenOut>>> + Send {
+        async { anyhow::bail!("this ring cannot verify speculative drafts") }
+    }
+    /// Whether [`Stepper::verify`] works here.
+    fn can_verify(&self) -> bool {
+        false
+    }
     /// Frees the request's state on every shard.
     fn release(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -49,6 +72,18 @@ pub struct Summary {
     pub ttft: f64,
     /// Generated tokens per second after the first one.
     pub tokens_per_second: f64,
+    /// Speculative draft tokens proposed and accepted (0 without speculation).
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+/// Whether speculation keeps the output exactly what plain decoding gives: greedy, with no
+/// state carried from token to token on the sampling stage (no repetition penalty) and no
+/// grammar mask computed per step.
+pub fn speculates(s: &SamplingParams) -> bool {
+    s.temperature <= 0.0
+        && (s.repeat_penalty == 1.0 || s.repeat_penalty <= 0.0)
+        && s.allowed.is_none()
 }
 
 /// Generates until an end-of-generation token, a stop string or `max_tokens`, sending text to
@@ -60,7 +95,20 @@ pub async fn generate<S: Stepper>(
     params: &GenerateParams,
     sink: &mut impl DeltaSink,
 ) -> Result<Summary> {
-    let result = run(stepper, tokenizer, prompt, params, sink).await;
+    generate_speculative(stepper, tokenizer, prompt, params, sink, None).await
+}
+
+/// [`generate`] with a speculator proposing draft tokens (used when [`speculates`] allows).
+pub async fn generate_speculative<S: Stepper>(
+    stepper: &mut S,
+    tokenizer: &TextTokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    sink: &mut impl DeltaSink,
+    speculator: Option<&mut Speculator>,
+) -> Result<Summary> {
+    let speculator = speculator.filter(|_| speculates(&params.sampling) && stepper.can_verify());
+    let result = run(stepper, tokenizer, prompt, params, sink, speculator).await;
     stepper.release().await;
     result
 }
@@ -71,6 +119,7 @@ async fn run<S: Stepper>(
     prompt: &[u32],
     params: &GenerateParams,
     sink: &mut impl DeltaSink,
+    mut speculator: Option<&mut Speculator>,
 ) -> Result<Summary> {
     let start = Instant::now();
     let mut stream = TextStream::new(
@@ -83,24 +132,61 @@ async fn run<S: Stepper>(
     let ttft = start.elapsed().as_secs_f64();
     let first_at = Instant::now();
     let mut position = prompt.len();
-    let finish = loop {
-        let piece = stream.push(token.id)?;
-        let keep_going = sink
-            .send(Delta {
-                text: piece.text,
-                token: token.clone(),
-            })
-            .await;
-        if let Some(finish) = piece.finish {
+    // The prompt and every token generated: what the speculator guesses from.
+    let mut context = prompt.to_vec();
+    let (mut drafted, mut accepted) = (0, 0);
+    let finish = 'decode: loop {
+        if let Some(finish) = emit(&mut stream, &mut context, sink, token).await? {
             break finish;
         }
-        if !keep_going {
-            anyhow::bail!("generation cancelled");
+        let last = *context.last().expect("a token was just emitted");
+        let room = params.max_tokens.saturating_sub(stream.generated()) + 1;
+        let drafts = match speculator.as_deref_mut() {
+            // The draft model's forward passes are CPU-bound: off the async worker's queue.
+            Some(s) => tokio::task::block_in_place(|| s.propose(&context, room))?,
+            None => Vec::new(),
+        };
+        if drafts.is_empty() {
+            token = stepper.step(position, &[last], &params.sampling).await?;
+            position += 1;
+            continue;
         }
-        token = stepper
-            .step(position, &[token.id], &params.sampling)
-            .await?;
-        position += 1;
+        let mut input = Vec::with_capacity(drafts.len() + 1);
+        input.push(last);
+        input.extend_from_slice(&drafts);
+        let mut outs = stepper.verify(position, &input, &params.sampling).await?;
+        if outs.len() != input.len() {
+            anyhow::bail!(
+                "the ring verified {} of {} positions",
+                outs.len(),
+                input.len()
+            );
+        }
+        let ids: Vec<u32> = outs.iter().map(|t| t.id).collect();
+        let n = accepted_prefix(&drafts, &ids);
+        if let Some(s) = speculator.as_deref_mut() {
+            s.record(drafts.len(), n);
+        }
+        drafted += drafts.len();
+        accepted += n;
+        tracing::trace!(
+            position,
+            proposed = drafts.len(),
+            accepted = n,
+            "verified drafts"
+        );
+        // Positions `position..=position + n` now hold `last` and the accepted drafts; the
+        // next step starts right after them, which rolls every stage's cache back past the
+        // rejected ones.
+        position += 1 + n;
+        outs.truncate(n + 1);
+        token = outs.pop().expect("n + 1 tokens");
+        // The accepted drafts are the target's own tokens: emitted as plain steps would be.
+        for t in outs {
+            if let Some(finish) = emit(&mut stream, &mut context, sink, t).await? {
+                break 'decode finish;
+            }
+        }
     };
     let completion = stream.generated();
     let secs = first_at.elapsed().as_secs_f64();
@@ -114,6 +200,8 @@ async fn run<S: Stepper>(
         } else {
             0.0
         },
+        drafted,
+        accepted,
     };
     tracing::info!(
         prompt_tokens = summary.prompt_tokens,
@@ -121,7 +209,34 @@ async fn run<S: Stepper>(
         ttft_ms = (ttft * 1000.0) as u64,
         tok_per_s = format!("{:.1}", summary.tokens_per_second),
         finish = finish.as_str(),
+        drafted,
+        accepted,
         "generation done"
     );
     Ok(summary)
+}
+
+/// Streams one generated token; returns why generation ends, if it does. A sink that refuses
+/// cancels.
+async fn emit(
+    stream: &mut TextStream,
+    context: &mut Vec<u32>,
+    sink: &mut impl DeltaSink,
+    token: TokenOut,
+) -> Result<Option<FinishReason>> {
+    let piece = stream.push(token.id)?;
+    context.push(token.id);
+    let keep_going = sink
+        .send(Delta {
+            text: piece.text,
+            token,
+        })
+        .await;
+    if piece.finish.is_some() {
+        return Ok(piece.finish);
+    }
+    if !keep_going {
+        anyhow::bail!("generation cancelled");
+    }
+    Ok(None)
 }

@@ -46,6 +46,28 @@ impl Stepper for LocalStepper {
         )
     }
 
+    async fn verify(
+        &mut self,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<Vec<TokenOut>> {
+        let (ring, key, tokens, sampling) = (
+            self.ring.clone(),
+            self.key.clone(),
+            tokens.to_vec(),
+            sampling.clone(),
+        );
+        Ok(
+            tokio::task::spawn_blocking(move || ring.verify(&key, position, &tokens, &sampling, 0))
+                .await??,
+        )
+    }
+
+    fn can_verify(&self) -> bool {
+        true
+    }
+
     async fn release(&mut self) {
         self.ring.release(&self.key);
     }

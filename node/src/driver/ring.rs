@@ -125,21 +125,31 @@ fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(6)..]
 }
 
-impl Stepper for RingStepper {
-    async fn step(
+impl RingStepper {
+    /// Sends `tokens` at `position` around the ring; with `all`, asks for a token after each
+    /// of them. On a lost node, rebuilds the ring and replays every token fed so far as one
+    /// prefill, asking for the same positions' tokens.
+    async fn send(
         &mut self,
         position: usize,
         tokens: &[u32],
         sampling: &SamplingParams,
-    ) -> Result<TokenOut> {
+        all: bool,
+    ) -> Result<Outcome> {
+        // Tokens past `position` were rejected drafts (or a failed step): a replay never
+        // sends them.
         self.history.truncate(position);
         self.history.extend_from_slice(tokens);
-        let (mut position, mut tokens) = (position, tokens.to_vec());
+        let (mut position, mut sent) = (position, tokens.to_vec());
         loop {
             let started = Instant::now();
-            let req = self.request(position, tokens.clone(), Payload::Tokens, sampling.clone());
+            // The step's own tokens are the last `tokens.len()` of what is sent.
+            let from = all.then(|| (sent.len() - tokens.len()) as u32);
+            let req = self
+                .request(position, sent.clone(), Payload::Tokens, sampling.clone())
+                .with_logits_from(from);
             let (kind, peer, message) = match self.ring.host.send_stage(req).await.outcome {
-                Outcome::Token(t) => return Ok(t),
+                out @ (Outcome::Token(_) | Outcome::Tokens(_)) => return Ok(out),
                 Outcome::Released => (
                     ErrorKind::BadRequest,
                     String::new(),
@@ -170,8 +180,42 @@ impl Stepper for RingStepper {
             self.rebuild(&lost, &message)?;
             // Replay everything fed so far as one prefill on the new ring.
             position = 0;
-            tokens = self.history.clone();
+            sent = self.history.clone();
         }
+    }
+}
+
+fn unexpected(out: Outcome) -> anyhow::Error {
+    anyhow::anyhow!("the ring answered a step with {out:?}")
+}
+
+impl Stepper for RingStepper {
+    async fn step(
+        &mut self,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<TokenOut> {
+        match self.send(position, tokens, sampling, false).await? {
+            Outcome::Token(t) => Ok(t),
+            out => Err(unexpected(out)),
+        }
+    }
+
+    async fn verify(
+        &mut self,
+        position: usize,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<Vec<TokenOut>> {
+        match self.send(position, tokens, sampling, true).await? {
+            Outcome::Tokens(t) => Ok(t),
+            out => Err(unexpected(out)),
+        }
+    }
+
+    fn can_verify(&self) -> bool {
+        true
     }
 
     async fn release(&mut self) {

@@ -247,10 +247,11 @@ impl ShardHost {
             },
             _ => None,
         };
-        let (position, tokens, sampling) = (
+        let (position, tokens, sampling, logits_from) = (
             req.position as usize,
             req.tokens.clone(),
             req.sampling.clone(),
+            req.logits_from.map(|i| i as usize),
         );
         let step_key = key.clone();
         self.metrics.frames.inc();
@@ -259,11 +260,12 @@ impl ShardHost {
         // which on idle cores is a large part of a decode step's hop latency.
         let out = tokio::task::block_in_place(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                runner.step(&step_key, position, &tokens, hidden, &sampling)
+                runner.step(&step_key, position, &tokens, hidden, &sampling, logits_from)
             }))
         });
         match out {
             Ok(Ok(StepOutput::Token(t))) => ActivationResponse::new(Outcome::Token(t)),
+            Ok(Ok(StepOutput::Tokens(t))) => ActivationResponse::new(Outcome::Tokens(t)),
             Ok(Ok(StepOutput::Hidden(h))) => {
                 if !has_next {
                     return bad("the last stage produced hidden states".into());
