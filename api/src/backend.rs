@@ -5,8 +5,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use exo_protocol::SamplingParams;
 use crate::core::metrics::Exposition;
+pub use exo_protocol::SamplingParams;
 
 /// A model the backend can serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -34,8 +34,8 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use backend::{
-    Backend, BackendError, ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent, Health,
-    ModelCard, Prompt, SamplingParams, TokenLogprob, Tool, ToolCall,
+    Backend, BackendError, ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent,
+    Health, ModelCard, Prompt, SamplingParams, TokenLogprob, Tool, ToolCall,
 };
 pub use config::{ApiConfig, Cors, DEFAULT_PORT};
 pub use error::ApiError;

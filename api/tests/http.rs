@@ -249,7 +249,10 @@ async fn chat_completion_shape_and_defaults() {
 
     let req = server.backend.last_request();
     assert_eq!(req.request_id, body["id"].as_str().unwrap());
-    assert_eq!(req.sampling.temperature, 1.0, "OpenAI's default temperature");
+    assert_eq!(
+        req.sampling.temperature, 1.0,
+        "OpenAI's default temperature"
+    );
     assert_eq!(req.sampling.top_p, 1.0);
     assert_eq!(req.sampling.top_k, 0);
     assert_eq!(req.sampling.min_p, 0.0);
@@ -260,7 +263,10 @@ async fn chat_completion_shape_and_defaults() {
     // No seed given: each request draws its own (a 1 in 2^64 chance of a false failure).
     let (status, _) = post(&server, "/v1/chat/completions", &chat("hi there")).await;
     assert_eq!(status, 200);
-    assert_ne!(server.backend.last_request().sampling.seed, req.sampling.seed);
+    assert_ne!(
+        server.backend.last_request().sampling.seed,
+        req.sampling.seed
+    );
     server.stop().await;
 }
 

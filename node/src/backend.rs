@@ -12,8 +12,8 @@ use std::{
 use anyhow::Result;
 use exo_api::metrics::Exposition;
 use exo_api::{
-    Backend, BackendError, FinishReason, GenerateRequest, Generation, GenerationEvent, Health, ModelCard, Prompt,
-    TokenLogprob,
+    Backend, BackendError, FinishReason, GenerateRequest, Generation, GenerationEvent, Health,
+    ModelCard, Prompt, TokenLogprob,
 };
 use exo_engine::{Constraint, ConstraintVocab, ModelInfo};
 use exo_protocol::{ErrorKind, SamplingParams, TokenOut};
@@ -238,7 +238,7 @@ impl Backend for NodeBackend {
             let prompt = match &req.prompt {
                 Prompt::Text(t) => info.encode_prompt(t),
                 Prompt::Chat(msgs) => {
-                                        let tools: Vec<serde_json::Value> =
+                    let tools: Vec<serde_json::Value> =
                         req.tools.iter().map(|t| t.to_template()).collect();
                     info.encode_chat_with_tools(&msgs, &tools)
                 }

@@ -170,8 +170,10 @@ impl Node {
                 tick.tick().await;
                 h.sweep().await;
                 let (_, available) = sysinfo::memory();
-                h.publish(move |r| r.memory_available = memory.map_or(available, |m| m.min(available)))
-                    .await;
+                h.publish(move |r| {
+                    r.memory_available = memory.map_or(available, |m| m.min(available))
+                })
+                .await;
             }
         });
 

@@ -14,11 +14,11 @@ pub mod partition;
 pub mod shard;
 
 pub use activation::{
-    ActivationRequest, ActivationResponse, RequestKey, ErrorKind, FrameError, Outcome, Payload, SamplingParams,
-    TensorDType, TensorFrame, TokenMask, TokenOut, MAX_FRAME_BYTES,
+    ActivationRequest, ActivationResponse, ErrorKind, FrameError, Outcome, Payload, RequestKey,
+    SamplingParams, TensorDType, TensorFrame, TokenMask, TokenOut, MAX_FRAME_BYTES,
 };
-pub use chat::{ChatMessage, ToolCall};
 pub use capability::{CapabilityRecord, FileOffer, LoadedShard, ModelOffer};
+pub use chat::{ChatMessage, ToolCall};
 pub use codec::{decode, encode, CodecError};
 pub use files::{
     FileRequest, FileRequestBody, FileResponse, FileResponseBody, LfsPointer, ListedFile,

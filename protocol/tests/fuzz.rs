@@ -150,18 +150,20 @@ fn seeds() -> Vec<Vec<u8>> {
             revision: "main".into(),
         }))
         .unwrap(),
-        encode(&FileResponse::new(FileResponseBody::Files(Some(RepoListing {
-            commit: Some("abc".into()),
-            files: vec![ListedFile {
-                name: "m.gguf".into(),
-                size: Some(99),
-                blob_id: None,
-                lfs: Some(LfsPointer {
-                    sha256: "00".repeat(32),
-                    size: 99,
-                }),
-            }],
-        }))))
+        encode(&FileResponse::new(FileResponseBody::Files(Some(
+            RepoListing {
+                commit: Some("abc".into()),
+                files: vec![ListedFile {
+                    name: "m.gguf".into(),
+                    size: Some(99),
+                    blob_id: None,
+                    lfs: Some(LfsPointer {
+                        sha256: "00".repeat(32),
+                        size: 99,
+                    }),
+                }],
+            },
+        ))))
         .unwrap(),
     ]
 }

@@ -254,7 +254,8 @@ pub struct ApiMetrics {
 
 impl ApiMetrics {
     pub fn request(&self, route: &str, status: u16) {
-        self.requests.inc_by(RouteStatus(route.to_owned(), status), 1);
+        self.requests
+            .inc_by(RouteStatus(route.to_owned(), status), 1);
     }
 
     pub fn rejected(&self) {

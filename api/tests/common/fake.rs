@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use exo_api::metrics::Exposition;
 use exo_api::{
-    Backend, BackendError, FinishReason, GenerateRequest, Generation, GenerationEvent, Health, ModelCard, Prompt,
-    TokenLogprob,
+    Backend, BackendError, FinishReason, GenerateRequest, Generation, GenerationEvent, Health,
+    ModelCard, Prompt, TokenLogprob,
 };
 use futures::future::BoxFuture;
-use exo_api::metrics::Exposition;
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 

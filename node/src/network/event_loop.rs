@@ -685,7 +685,11 @@ impl EventLoop {
                 event,
                 &self.inbound_files,
                 &mut self.pending_files,
-                || FileResponse::new(FileResponseBody::Error("too many file requests queued".into())),
+                || {
+                    FileResponse::new(FileResponseBody::Error(
+                        "too many file requests queued".into(),
+                    ))
+                },
                 "file request",
             ),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {

@@ -8,7 +8,7 @@ use exo_protocol::SamplingParams;
 
 use crate::backend::{ChatMessage, GenerateRequest, Prompt, TokenLogprob};
 use crate::core::chat::{self as vocab, FinishReason, ToolCall};
-use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
+use crate::core::generate::{self, new_id, unix_now};
 use crate::core::AppState;
 use crate::error::ApiError;
 use crate::extract::{typed, JsonObject};
@@ -17,9 +17,8 @@ use crate::surfaces::openai::sampling::SamplingFields;
 use crate::surfaces::openai::stream::{self, ChunkHead, Chunks};
 use crate::surfaces::openai::tools::{self, finish_reason};
 use crate::surfaces::openai::types::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChatLogprobs, ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage,
-    ResponseToolCall, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs,
+    ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage, ResponseToolCall,
 };
 
 /// Most alternatives per token OpenAI returns.

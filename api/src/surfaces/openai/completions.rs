@@ -8,7 +8,7 @@ use exo_protocol::SamplingParams;
 
 use crate::backend::{GenerateRequest, Prompt, TokenLogprob};
 use crate::core::chat::{FinishReason, ToolMode};
-use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
+use crate::core::generate::{self, new_id, unix_now};
 use crate::core::AppState;
 use crate::error::ApiError;
 use crate::extract::{typed, JsonObject};
@@ -17,7 +17,7 @@ use crate::surfaces::openai::sampling::SamplingFields;
 use crate::surfaces::openai::stream::{self, ChunkHead, Chunks};
 use crate::surfaces::openai::tools::finish_reason;
 use crate::surfaces::openai::types::{
-    CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs, Usage,
+    CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs,
 };
 
 /// OpenAI's default for this endpoint (chat has none).
