@@ -8,6 +8,7 @@
 //! `<tool_response>`) into the system and user turns, which the API's tool-call parser reads.
 
 use minijinja::{Environment, ErrorKind};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::{EngineError, Result};
