@@ -5,6 +5,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::core::metrics::Exposition;
+pub use exo_protocol::SamplingParams;
+
 /// A model the backend can serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
@@ -16,7 +19,7 @@ pub struct ModelCard {
     pub context_length: Option<u32>,
 }
 
-pub use crate::core::chat::{ChatMessage, Tool, ToolCall};
+pub use crate::core::chat::{ChatMessage, FinishReason, Tool, ToolCall};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
@@ -34,18 +37,11 @@ pub struct GenerateRequest {
     pub prompt: Prompt,
     /// None: until end of generation or the context is full.
     pub max_tokens: Option<usize>,
-    /// 0 is greedy.
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: u32,
-    pub min_p: f32,
-    pub repeat_penalty: f32,
-    pub seed: Option<u64>,
+    /// Temperature (0 is greedy), top-k/p, min-p, repetition penalty, seed and whether to
+    /// return log-probabilities (and up to 20 alternatives), as the ring's last stage applies
+    /// them. `allowed` stays `None`: the node computes the grammar's mask per step.
+    pub sampling: SamplingParams,
     pub stop: Vec<String>,
-    /// Return each token's log-probability.
-    pub logprobs: bool,
-    /// Also return this many alternatives per token (0-20).
-    pub top_logprobs: u8,
     /// Functions the model may call, shown to it through the chat template.
     pub tools: Vec<Tool>,
     /// A JSON schema the output must match, enforced token by token while sampling.
@@ -53,25 +49,26 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
-    /// A request with the defaults of a surface that sets nothing: greedy, no limit but the
-    /// context, no stop strings, no tools.
+    /// A request with the defaults of a surface that sets nothing: greedy with a random seed,
+    /// no limit but the context, no stop strings, no tools.
     pub fn new(request_id: String, model: String, prompt: Prompt) -> Self {
         GenerateRequest {
             request_id,
             model,
             prompt,
             max_tokens: None,
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            seed: None,
+            sampling: Self::default_sampling(),
             stop: Vec::new(),
-            logprobs: false,
-            top_logprobs: 0,
             tools: Vec::new(),
             grammar: None,
+        }
+    }
+
+    /// Greedy, no penalties, no log-probabilities, a random seed.
+    pub fn default_sampling() -> SamplingParams {
+        SamplingParams {
+            seed: rand::random(),
+            ..SamplingParams::greedy()
         }
     }
 }
@@ -94,8 +91,8 @@ pub enum GenerationEvent {
     },
     /// The generation ended normally.
     Done {
-        /// `stop` or `length`.
-        finish_reason: String,
+        /// `Stop` or `Length` (the API decides `ToolCalls` from the text).
+        finish_reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
     },
@@ -149,6 +146,6 @@ pub trait Backend: Send + Sync + 'static {
     /// `GET /v1/downloads`: model download progress.
     fn downloads(&self) -> BoxFuture<'_, serde_json::Value>;
     fn health(&self) -> BoxFuture<'_, Health>;
-    /// `GET /metrics`: Prometheus text exposition.
-    fn metrics(&self) -> BoxFuture<'_, String>;
+    /// `GET /metrics`: writes the backend's metrics; the API's own follow them.
+    fn metrics<'a>(&'a self, out: &'a mut Exposition) -> BoxFuture<'a, ()>;
 }

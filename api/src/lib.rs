@@ -17,6 +17,13 @@ mod status;
 mod surfaces;
 mod web;
 
+/// The `/metrics` writer and the value types a backend keeps its metrics in.
+pub mod metrics {
+    pub use crate::core::metrics::{
+        Counter, CounterFamily, Exposition, Histogram, HistogramFamily, Label, Labels,
+    };
+}
+
 use std::sync::Arc;
 
 use axum::extract::Request;
@@ -27,8 +34,8 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use backend::{
-    Backend, BackendError, ChatMessage, GenerateRequest, Generation, GenerationEvent, Health,
-    ModelCard, Prompt, TokenLogprob, Tool, ToolCall,
+    Backend, BackendError, ChatMessage, FinishReason, GenerateRequest, Generation, GenerationEvent,
+    Health, ModelCard, Prompt, SamplingParams, TokenLogprob, Tool, ToolCall,
 };
 pub use config::{ApiConfig, Cors, DEFAULT_PORT};
 pub use error::ApiError;

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
+use crate::core::metrics::Exposition;
 use crate::core::AppState;
 
 /// 200 when the node can serve, 503 otherwise (load balancers read the status).
@@ -28,21 +29,17 @@ pub async fn downloads(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = state.backend.metrics().await;
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(
-        &state
-            .metrics
-            .render(state.limiter.in_use(), state.limiter.queued()),
-    );
+    let mut out = Exposition::new();
+    state.backend.metrics(&mut out).await;
+    state
+        .metrics
+        .write(&mut out, state.limiter.in_use(), state.limiter.queued());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
+        out.finish(),
     )
         .into_response()
 }

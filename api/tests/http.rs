@@ -249,15 +249,24 @@ async fn chat_completion_shape_and_defaults() {
 
     let req = server.backend.last_request();
     assert_eq!(req.request_id, body["id"].as_str().unwrap());
-    assert_eq!(req.temperature, 1.0, "OpenAI's default temperature");
-    assert_eq!(req.top_p, 1.0);
-    assert_eq!(req.top_k, 0);
-    assert_eq!(req.min_p, 0.0);
-    assert_eq!(req.repeat_penalty, 1.0);
+    assert_eq!(
+        req.sampling.temperature, 1.0,
+        "OpenAI's default temperature"
+    );
+    assert_eq!(req.sampling.top_p, 1.0);
+    assert_eq!(req.sampling.top_k, 0);
+    assert_eq!(req.sampling.min_p, 0.0);
+    assert_eq!(req.sampling.repeat_penalty, 1.0);
     assert_eq!(req.max_tokens, None);
-    assert_eq!(req.seed, None);
     assert!(req.stop.is_empty());
-    assert!(!req.logprobs);
+    assert!(!req.sampling.logprobs);
+    // No seed given: each request draws its own (a 1 in 2^64 chance of a false failure).
+    let (status, _) = post(&server, "/v1/chat/completions", &chat("hi there")).await;
+    assert_eq!(status, 200);
+    assert_ne!(
+        server.backend.last_request().sampling.seed,
+        req.sampling.seed
+    );
     server.stop().await;
 }
 
@@ -288,18 +297,18 @@ async fn chat_parameters_reach_the_backend() {
             exo_api::ChatMessage::new("user", "one two\nthree four five"),
         ])
     );
-    assert_eq!(req.temperature, 0.25);
-    assert_eq!(req.top_p, 0.5);
-    assert_eq!(req.seed, Some(42));
+    assert_eq!(req.sampling.temperature, 0.25);
+    assert_eq!(req.sampling.top_p, 0.5);
+    assert_eq!(req.sampling.seed, 42);
     assert_eq!(req.stop, ["five", "zzz"]);
     assert_eq!(
         req.max_tokens,
         Some(20),
         "max_completion_tokens wins over max_tokens"
     );
-    assert_eq!(req.top_k, 40);
-    assert_eq!(req.min_p, 0.05);
-    assert_eq!(req.repeat_penalty, 1.1);
+    assert_eq!(req.sampling.top_k, 40);
+    assert_eq!(req.sampling.min_p, 0.05);
+    assert_eq!(req.sampling.repeat_penalty, 1.1);
     // The stop string cut the answer before "five".
     assert_eq!(
         out["choices"][0]["message"]["content"],
@@ -417,8 +426,8 @@ async fn chat_logprobs_have_openai_shape() {
     let (status, out) = post(&server, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{out}");
     let req = server.backend.last_request();
-    assert!(req.logprobs);
-    assert_eq!(req.top_logprobs, 2);
+    assert!(req.sampling.logprobs);
+    assert_eq!(req.sampling.top_logprobs, 2);
     let lp = &out["choices"][0]["logprobs"];
     assert_eq!(keys(lp), ["content", "refusal"]);
     let content = lp["content"].as_array().unwrap();

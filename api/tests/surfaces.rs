@@ -322,8 +322,13 @@ async fn ollama_models_chat_generate_and_errors() {
     assert!(last["total_duration"].as_u64().unwrap() > 0);
     let req = server.backend.last_request();
     assert_eq!(
-        (req.temperature, req.top_p, req.seed, req.max_tokens),
-        (0.0, 0.5, Some(7), Some(3))
+        (
+            req.sampling.temperature,
+            req.sampling.top_p,
+            req.sampling.seed,
+            req.max_tokens
+        ),
+        (0.0, 0.5, 7, Some(3))
     );
     assert_eq!(req.stop, ["zzz"]);
 

@@ -8,69 +8,37 @@
 //! `<tool_response>`) into the system and user turns, which the API's tool-call parser reads.
 
 use minijinja::{Environment, ErrorKind};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::{EngineError, Result};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-    /// The calls an assistant turn made.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ToolCall>,
-    /// A `tool` turn: the call it answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
-    /// A `tool` turn: the function that answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+pub use exo_protocol::chat::{ChatMessage, ToolCall};
 
-/// A function call as templates see it; `arguments` is a JSON value (an object), not text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolCall {
-    pub id: String,
-    pub name: String,
-    pub arguments: Value,
-}
-
-impl ChatMessage {
-    pub fn new(role: &str, content: &str) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-        }
-    }
-
-    /// Hugging Face's message shape (`tool_calls[].function.{name, arguments}`).
-    fn to_template(&self) -> Value {
-        let mut m = json!({ "role": self.role, "content": self.content });
-        if !self.tool_calls.is_empty() {
-            m["tool_calls"] = self
-                .tool_calls
-                .iter()
-                .map(|c| {
-                    json!({
-                        "id": c.id,
-                        "type": "function",
-                        "function": { "name": c.name, "arguments": c.arguments },
-                    })
+/// Hugging Face's message shape (`tool_calls[].function.{name, arguments}`, the arguments a
+/// JSON value, not text).
+fn to_template(msg: &ChatMessage) -> Value {
+    let mut m = json!({ "role": msg.role, "content": msg.content });
+    if !msg.tool_calls.is_empty() {
+        m["tool_calls"] = msg
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": { "name": c.name, "arguments": c.arguments_value() },
                 })
-                .collect();
-        }
-        if let Some(id) = &self.tool_call_id {
-            m["tool_call_id"] = json!(id);
-        }
-        if let Some(name) = &self.name {
-            m["name"] = json!(name);
-        }
-        m
+            })
+            .collect();
     }
+    if let Some(id) = &msg.tool_call_id {
+        m["tool_call_id"] = json!(id);
+    }
+    if let Some(name) = &msg.name {
+        m["name"] = json!(name);
+    }
+    m
 }
 
 /// How a model without tool support in its template is told about tools (Hermes' wording,
@@ -215,7 +183,7 @@ impl ChatTemplate {
                 .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
         let (messages, tools): (Vec<Value>, Option<&[Value]>) = if self.knows_tools || !uses_tools {
             (
-                messages.iter().map(ChatMessage::to_template).collect(),
+                messages.iter().map(to_template).collect(),
                 (!tools.is_empty()).then_some(tools),
             )
         } else {
@@ -273,7 +241,7 @@ fn tools_as_text(messages: &[ChatMessage], tools: &[Value]) -> Vec<Value> {
             "assistant" if !m.tool_calls.is_empty() => {
                 let mut text = m.content.clone();
                 for c in &m.tool_calls {
-                    let call = json!({ "name": c.name, "arguments": c.arguments });
+                    let call = json!({ "name": c.name, "arguments": c.arguments_value() });
                     if !text.is_empty() {
                         text.push('\n');
                     }
@@ -341,7 +309,7 @@ mod tests {
         call.tool_calls.push(ToolCall {
             id: "call_1".into(),
             name: "get_weather".into(),
-            arguments: json!({"city": "Paris"}),
+            arguments: json!({"city": "Paris"}).to_string(),
         });
         let mut result = ChatMessage::new("tool", "{\"temp_c\": 21}");
         result.tool_call_id = Some("call_1".into());

@@ -21,7 +21,9 @@ pub fn to_frame(t: &Tensor) -> Result<TensorFrame> {
 }
 
 pub fn from_frame(frame: &TensorFrame, dev: &Device) -> Result<Tensor> {
-    frame.validate().map_err(EngineError::Invalid)?;
+    frame
+        .validate()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
     let shape: Vec<usize> = frame.shape.iter().map(|&d| d as usize).collect();
     let t = match frame.dtype {
         TensorDType::F32 => {

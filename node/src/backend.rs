@@ -10,11 +10,12 @@ use std::{
 };
 
 use anyhow::Result;
+use exo_api::metrics::Exposition;
 use exo_api::{
-    Backend, BackendError, GenerateRequest, Generation, GenerationEvent, Health, ModelCard, Prompt,
-    TokenLogprob,
+    Backend, BackendError, FinishReason, GenerateRequest, Generation, GenerationEvent, Health,
+    ModelCard, Prompt, TokenLogprob,
 };
-use exo_engine::{ChatMessage, Constraint, ConstraintVocab, ModelInfo, ToolCall};
+use exo_engine::{Constraint, ConstraintVocab, ModelInfo};
 use exo_protocol::{ErrorKind, SamplingParams, TokenOut};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -76,23 +77,6 @@ impl<S: Stepper> Stepper for Constrained<S> {
         );
         self.inner.release().await
     }
-}
-
-/// The engine's message for the API's: tool-call arguments become JSON values for templates.
-fn engine_message(m: &exo_api::ChatMessage) -> ChatMessage {
-    let mut out = ChatMessage::new(&m.role, &m.content);
-    out.tool_calls = m
-        .tool_calls
-        .iter()
-        .map(|c| ToolCall {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            arguments: c.arguments_value(),
-        })
-        .collect();
-    out.tool_call_id = m.tool_call_id.clone();
-    out.name = m.name.clone();
-    out
 }
 
 impl NodeBackend {
@@ -266,7 +250,6 @@ impl Backend for NodeBackend {
             let prompt = match &req.prompt {
                 Prompt::Text(t) => info.encode_prompt(t),
                 Prompt::Chat(msgs) => {
-                    let msgs: Vec<ChatMessage> = msgs.iter().map(engine_message).collect();
                     let tools: Vec<serde_json::Value> =
                         req.tools.iter().map(|t| t.to_template()).collect();
                     info.encode_chat_with_tools(&msgs, &tools)
@@ -289,15 +272,9 @@ impl Backend for NodeBackend {
                 .map_err(|e| BackendError::Unavailable(e.to_string()))?;
             let params = GenerateParams {
                 sampling: SamplingParams {
-                    temperature: req.temperature,
-                    top_k: req.top_k,
-                    top_p: req.top_p,
-                    min_p: req.min_p,
-                    repeat_penalty: req.repeat_penalty,
-                    seed: req.seed.unwrap_or_else(rand::random),
-                    logprobs: req.logprobs,
-                    top_logprobs: req.top_logprobs.min(20),
-                    ..SamplingParams::default()
+                    top_logprobs: req.sampling.top_logprobs.min(20),
+                    allowed: None,
+                    ..req.sampling.clone()
                 },
                 max_tokens: max_tokens.min(context - prompt.len()),
                 stop: req.stop.clone(),
@@ -319,7 +296,7 @@ impl Backend for NodeBackend {
                     let mut sink = ChannelSink {
                         tx: tx.clone(),
                         info: info.clone(),
-                        logprobs: req.logprobs,
+                        logprobs: req.sampling.logprobs,
                     };
                     let result = match constraint {
                         Some(constraint) => {
@@ -351,7 +328,10 @@ impl Backend for NodeBackend {
                         Ok(s) => {
                             metrics.tokens.inc_by(s.completion_tokens as u64);
                             GenerationEvent::Done {
-                                finish_reason: s.finish.as_str().to_string(),
+                                finish_reason: match s.finish {
+                                    exo_engine::FinishReason::Stop => FinishReason::Stop,
+                                    exo_engine::FinishReason::Length => FinishReason::Length,
+                                },
                                 prompt_tokens: s.prompt_tokens,
                                 completion_tokens: s.completion_tokens,
                             }
@@ -420,20 +400,20 @@ impl Backend for NodeBackend {
         })
     }
 
-    fn metrics(&self) -> BoxFuture<'_, String> {
+    fn metrics<'a>(&'a self, out: &'a mut Exposition) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let (requests, bytes) = self.node.host.kv_usage().await;
-            let mut text = format!(
-                "# HELP exo_kv_cache_requests Requests holding a KV cache on this node.\n\
-                 # TYPE exo_kv_cache_requests gauge\nexo_kv_cache_requests {requests}\n\
-                 # HELP exo_kv_cache_bytes Bytes of KV cache held on this node.\n\
-                 # TYPE exo_kv_cache_bytes gauge\nexo_kv_cache_bytes {bytes}\n"
+            out.gauge(
+                "exo_kv_cache_requests",
+                "Requests holding a KV cache on this node.",
+                requests as u64,
             );
-            let ours = self.node.metrics.encode();
-            // Our registry ends with its own `# EOF`; the API appends its counters after us.
-            text.push_str(ours.trim_end().trim_end_matches("# EOF").trim_end());
-            text.push('\n');
-            text
+            out.gauge(
+                "exo_kv_cache_bytes",
+                "Bytes of KV cache held on this node.",
+                bytes as u64,
+            );
+            self.node.metrics.write(out);
         })
     }
 }

@@ -12,9 +12,12 @@ use std::{
 
 use bytes::Bytes;
 use exo_protocol::{
-    FileOffer, FileRequest, FileRequestBody, FileResponse, FileResponseBody, MAX_CHUNK_BYTES,
+    FileOffer, FileRequest, FileRequestBody, FileResponse, FileResponseBody, LfsPointer,
+    ListedFile, RepoListing, MAX_CHUNK_BYTES,
 };
-use exo_store::{AltError, AltSource, AltStream, HeldFile, ModelStore, RemoteFile, RepoInfo};
+use exo_store::{
+    AltError, AltSource, AltStream, HeldFile, LfsInfo, ModelStore, RemoteFile, RepoInfo, Sibling,
+};
 use futures::{stream, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
@@ -34,6 +37,45 @@ pub fn offers(held: Vec<HeldFile>) -> Vec<FileOffer> {
             sha256: f.sha256,
         })
         .collect()
+}
+
+/// The store's listing as the wire carries it.
+fn to_listing(info: RepoInfo) -> RepoListing {
+    RepoListing {
+        commit: info.sha,
+        files: info
+            .siblings
+            .into_iter()
+            .map(|s| ListedFile {
+                name: s.rfilename,
+                size: s.size,
+                blob_id: s.blob_id,
+                lfs: s.lfs.map(|l| LfsPointer {
+                    sha256: l.sha256,
+                    size: l.size,
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn from_listing(listing: RepoListing) -> RepoInfo {
+    RepoInfo {
+        sha: listing.commit,
+        siblings: listing
+            .files
+            .into_iter()
+            .map(|f| Sibling {
+                rfilename: f.name,
+                size: f.size,
+                blob_id: f.blob_id,
+                lfs: f.lfs.map(|l| LfsInfo {
+                    sha256: l.sha256,
+                    size: l.size,
+                }),
+            })
+            .collect(),
+    }
 }
 
 /// Answers peers' file requests from the local store.
@@ -56,6 +98,10 @@ pub fn serve(store: ModelStore, client: Client, mut inbound: mpsc::Receiver<Inbo
 
 fn answer(store: &ModelStore, req: FileRequestBody) -> FileResponseBody {
     match req {
+        FileRequestBody::Files { repo, revision } => match store.repo_info(&repo, &revision) {
+            Ok(info) => FileResponseBody::Files(info.map(to_listing)),
+            Err(e) => FileResponseBody::Error(e.to_string()),
+        },
         FileRequestBody::Listing { repo, revision } => match store.repo_info(&repo, &revision) {
             Ok(info) => {
                 FileResponseBody::Listing(info.and_then(|i| serde_json::to_string(&i).ok()))
@@ -146,23 +192,42 @@ impl PeerFiles {
     }
 }
 
+impl PeerFiles {
+    /// The listing as builds before [`FileRequestBody::Files`] answer it.
+    async fn json_listing(&self, peer: PeerId, repo: &str, revision: &str) -> Option<RepoInfo> {
+        let req = FileRequest::new(FileRequestBody::Listing {
+            repo: repo.into(),
+            revision: revision.into(),
+        });
+        match self.client.file_request(peer, req).await {
+            Ok(FileResponse {
+                body: FileResponseBody::Listing(Some(json)),
+                ..
+            }) => serde_json::from_str(&json).ok(),
+            _ => None,
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl AltSource for PeerFiles {
     async fn repo_info(&self, repo: &str, revision: &str) -> Option<RepoInfo> {
         for peer in self.wait_for_holders(repo).await {
-            let req = FileRequest::new(FileRequestBody::Listing {
+            let req = FileRequest::new(FileRequestBody::Files {
                 repo: repo.into(),
                 revision: revision.into(),
             });
-            if let Ok(FileResponse {
-                body: FileResponseBody::Listing(Some(json)),
-                ..
-            }) = self.client.file_request(peer, req).await
-            {
-                if let Ok(info) = serde_json::from_str::<RepoInfo>(&json) {
-                    tracing::info!(repo, %peer, "repository listing from a peer");
-                    return Some(info);
-                }
+            let info = match self.client.file_request(peer, req).await {
+                Ok(FileResponse {
+                    body: FileResponseBody::Files(listing),
+                    ..
+                }) => listing.map(from_listing),
+                // A build before `Files` cannot read the request: ask the JSON form.
+                _ => self.json_listing(peer, repo, revision).await,
+            };
+            if let Some(info) = info {
+                tracing::info!(repo, %peer, "repository listing from a peer");
+                return Some(info);
             }
         }
         None

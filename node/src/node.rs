@@ -123,16 +123,15 @@ impl Node {
         record.files = files::offers(held);
         record.api_port = opts.api_port;
         record.software = crate::cli::VERSION.to_string();
+        client.set_record(record).await;
         let metrics = Arc::new(Metrics::default());
         let host = Arc::new(ShardHost::new(
             client.clone(),
             models.clone(),
             fetcher,
             opts.limits.clone(),
-            record,
             metrics.clone(),
         ));
-        host.publish(|_| {}).await;
 
         // Every inbound frame runs in its own task; the reply goes back through the swarm.
         let (h, c) = (host.clone(), client.clone());
@@ -171,8 +170,10 @@ impl Node {
                 tick.tick().await;
                 h.sweep().await;
                 let (_, available) = sysinfo::memory();
-                h.publish(|r| r.memory_available = memory.map_or(available, |m| m.min(available)))
-                    .await;
+                h.publish(move |r| {
+                    r.memory_available = memory.map_or(available, |m| m.min(available))
+                })
+                .await;
             }
         });
 

@@ -70,6 +70,14 @@ impl ActivationRequest {
         self
     }
 
+    /// The name of this request's state (its KV cache) on every stage.
+    pub fn key(&self) -> RequestKey {
+        RequestKey {
+            driver: self.driver.clone(),
+            request_id: self.request_id,
+        }
+    }
+
     /// The same request addressed to the next stage, carrying `payload`.
     pub fn next_stage(&self, payload: Payload) -> Self {
         Self {
@@ -77,6 +85,20 @@ impl ActivationRequest {
             payload,
             ..self.clone()
         }
+    }
+}
+
+/// A request as every stage knows it: the driver's peer id and the id it chose. Written
+/// `driver/request_id`, the form shard runners and logs key requests by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub driver: String,
+    pub request_id: u64,
+}
+
+impl std::fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.driver, self.request_id)
     }
 }
 
@@ -129,25 +151,39 @@ impl std::fmt::Debug for TensorFrame {
 
 impl TensorFrame {
     /// Checks that the byte length matches dtype and shape (a peer could send anything).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FrameError> {
         let elems = self
             .shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
-            .ok_or("tensor shape overflows")?;
+            .ok_or(FrameError::ShapeOverflow)?;
         let want = elems
             .checked_mul(self.dtype.size())
-            .ok_or("tensor shape overflows")?;
+            .ok_or(FrameError::ShapeOverflow)?;
         if want != self.data.len() {
-            return Err(format!(
-                "tensor {:?} {:?} needs {want} bytes, frame has {}",
-                self.dtype,
-                self.shape,
-                self.data.len()
-            ));
+            return Err(FrameError::Length {
+                dtype: self.dtype,
+                shape: self.shape.clone(),
+                want,
+                got: self.data.len(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a [`TensorFrame`] cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("tensor shape overflows")]
+    ShapeOverflow,
+    #[error("tensor {dtype:?} {shape:?} needs {want} bytes, frame has {got}")]
+    Length {
+        dtype: TensorDType,
+        shape: Vec<u32>,
+        want: usize,
+        got: usize,
+    },
 }
 
 /// Sampling settings, applied by the last stage of the ring.

@@ -17,7 +17,11 @@ pub struct FileRequest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FileRequestBody {
-    /// The repository listing the peer recorded when it pulled (commit, files, sizes, hashes).
+    /// The repository listing the peer recorded when it pulled (commit, files, sizes, hashes),
+    /// answered with [`FileResponseBody::Files`].
+    Files { repo: String, revision: String },
+    /// The same listing as the hub's JSON text, answered with [`FileResponseBody::Listing`]:
+    /// what builds before [`Self::Files`] ask and answer, kept so they still share files.
     Listing { repo: String, revision: String },
     /// `len` bytes of `file` from `offset` (at most [`MAX_CHUNK_BYTES`]).
     Chunk {
@@ -36,7 +40,9 @@ pub struct FileResponse {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FileResponseBody {
-    /// The listing as the hub's JSON, or none when the peer has not pulled that repository.
+    /// The listing, or none when the peer has not pulled that repository.
+    Files(Option<RepoListing>),
+    /// The listing as the hub's JSON, or none (the answer to [`FileRequestBody::Listing`]).
     Listing(Option<String>),
     Chunk {
         #[serde(with = "serde_bytes")]
@@ -45,6 +51,31 @@ pub enum FileResponseBody {
         size: u64,
     },
     Error(String),
+}
+
+/// A repository at one revision as a peer holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoListing {
+    /// The commit the revision pointed at when the peer pulled.
+    pub commit: Option<String>,
+    pub files: Vec<ListedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    /// Path in the repository.
+    pub name: String,
+    pub size: Option<u64>,
+    /// The git blob sha1.
+    pub blob_id: Option<String>,
+    /// Git LFS: the content's sha256 and size.
+    pub lfs: Option<LfsPointer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LfsPointer {
+    pub sha256: String,
+    pub size: u64,
 }
 
 impl FileRequest {
@@ -61,6 +92,51 @@ impl FileResponse {
         Self {
             v: PROTOCOL_VERSION,
             body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode};
+
+    #[test]
+    fn listings_round_trip_in_both_forms() {
+        let listing = RepoListing {
+            commit: Some("abc".into()),
+            files: vec![ListedFile {
+                name: "m.gguf".into(),
+                size: Some(7),
+                blob_id: Some("b".into()),
+                lfs: Some(LfsPointer {
+                    sha256: "00".repeat(32),
+                    size: 7,
+                }),
+            }],
+        };
+        for body in [
+            FileResponseBody::Files(Some(listing)),
+            FileResponseBody::Files(None),
+            FileResponseBody::Listing(Some("{\"sha\":\"abc\"}".into())),
+        ] {
+            let msg = FileResponse::new(body);
+            let back: FileResponse = decode(&encode(&msg).unwrap(), usize::MAX).unwrap();
+            assert_eq!(back, msg);
+        }
+        for body in [
+            FileRequestBody::Files {
+                repo: "o/r".into(),
+                revision: "main".into(),
+            },
+            FileRequestBody::Listing {
+                repo: "o/r".into(),
+                revision: "main".into(),
+            },
+        ] {
+            let msg = FileRequest::new(body);
+            let back: FileRequest = decode(&encode(&msg).unwrap(), usize::MAX).unwrap();
+            assert_eq!(back, msg);
         }
     }
 }

@@ -57,6 +57,25 @@ pub struct Stage {
     pub layers: LayerRange,
 }
 
+/// Why a [`Plan`] cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("plan has no stages")]
+    NoStages,
+    #[error("plan for {model} is not a contiguous cover: stage {peer} has {layers}")]
+    NotContiguous {
+        model: String,
+        peer: String,
+        layers: LayerRange,
+    },
+    #[error("plan for {model} stops at layer {end} of {n_layers}")]
+    Short {
+        model: String,
+        end: u32,
+        n_layers: u32,
+    },
+}
+
 /// The ring a request uses, fixed by the node that takes the request and sent along with it so
 /// that a topology change mid-request cannot mix plans.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,26 +86,28 @@ pub struct Plan {
 
 impl Plan {
     /// Checks that the stages cover `0..n_layers` exactly once, in order.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PlanError> {
         let Some(first) = self.stages.first() else {
-            return Err("plan has no stages".into());
+            return Err(PlanError::NoStages);
         };
         let n = first.layers.n_layers;
         let mut next = 0;
         for s in &self.stages {
             if !s.layers.is_valid() || s.layers.n_layers != n || s.layers.start != next {
-                return Err(format!(
-                    "plan for {} is not a contiguous cover: stage {} has {}",
-                    self.model, s.peer, s.layers
-                ));
+                return Err(PlanError::NotContiguous {
+                    model: self.model.clone(),
+                    peer: s.peer.clone(),
+                    layers: s.layers,
+                });
             }
             next = s.layers.end;
         }
         if next != n {
-            return Err(format!(
-                "plan for {} stops at layer {next} of {n}",
-                self.model
-            ));
+            return Err(PlanError::Short {
+                model: self.model.clone(),
+                end: next,
+                n_layers: n,
+            });
         }
         Ok(())
     }

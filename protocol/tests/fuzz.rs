@@ -145,6 +145,26 @@ fn seeds() -> Vec<Vec<u8>> {
             "{}".into(),
         ))))
         .unwrap(),
+        encode(&FileRequest::new(FileRequestBody::Files {
+            repo: "o/r".into(),
+            revision: "main".into(),
+        }))
+        .unwrap(),
+        encode(&FileResponse::new(FileResponseBody::Files(Some(
+            RepoListing {
+                commit: Some("abc".into()),
+                files: vec![ListedFile {
+                    name: "m.gguf".into(),
+                    size: Some(99),
+                    blob_id: None,
+                    lfs: Some(LfsPointer {
+                        sha256: "00".repeat(32),
+                        size: 99,
+                    }),
+                }],
+            },
+        ))))
+        .unwrap(),
     ]
 }
 

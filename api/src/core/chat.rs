@@ -8,56 +8,11 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user`, `assistant` or `tool`.
-    pub role: String,
-    pub content: String,
-    /// An assistant turn's calls.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ToolCall>,
-    /// A `tool` turn: the call it answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
-    /// A `tool` turn: the function that answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+pub use exo_protocol::chat::{ChatMessage, ToolCall};
 
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-        }
-    }
-}
-
-/// A function call the model made (or made earlier in the conversation).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolCall {
-    pub id: String,
-    pub name: String,
-    /// The arguments as JSON text (OpenAI's form); an object when the model got it right.
-    pub arguments: String,
-}
-
-impl ToolCall {
-    pub fn new(name: impl Into<String>, arguments: &Value) -> Self {
-        ToolCall {
-            id: crate::core::generate::new_id("call"),
-            name: name.into(),
-            arguments: arguments.to_string(),
-        }
-    }
-
-    /// The arguments as a JSON value (a string value when they are not JSON).
-    pub fn arguments_value(&self) -> Value {
-        serde_json::from_str(&self.arguments).unwrap_or_else(|_| json!(self.arguments))
-    }
+/// A call the model made now, with a fresh id.
+pub fn tool_call(name: impl Into<String>, arguments: &Value) -> ToolCall {
+    ToolCall::new(crate::core::generate::new_id("call"), name, arguments)
 }
 
 /// A function the model may call.
@@ -124,15 +79,6 @@ pub enum FinishReason {
     Length,
     /// The turn is tool calls.
     ToolCalls,
-}
-
-impl FinishReason {
-    pub fn from_backend(reason: &str) -> Self {
-        match reason {
-            "length" => FinishReason::Length,
-            _ => FinishReason::Stop,
-        }
-    }
 }
 
 /// Whether and how a turn's text is read for tool calls.

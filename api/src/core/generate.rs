@@ -161,7 +161,7 @@ impl Run {
                         None => (String::new(), Vec::new()),
                     };
                     let finish_reason = if calls.is_empty() {
-                        FinishReason::from_backend(&finish_reason)
+                        finish_reason
                     } else {
                         FinishReason::ToolCalls
                     };

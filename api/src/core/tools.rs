@@ -163,7 +163,7 @@ fn call_of(v: &Value, names: &[String]) -> Option<ToolCall> {
         Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
         v => v,
     };
-    Some(ToolCall::new(name, &args))
+    Some(crate::core::chat::tool_call(name, &args))
 }
 
 #[cfg(test)]

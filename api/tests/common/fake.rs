@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use exo_api::metrics::Exposition;
 use exo_api::{
-    Backend, BackendError, GenerateRequest, Generation, GenerationEvent, Health, ModelCard, Prompt,
-    TokenLogprob,
+    Backend, BackendError, FinishReason, GenerateRequest, Generation, GenerationEvent, Health,
+    ModelCard, Prompt, TokenLogprob,
 };
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -227,11 +228,8 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn metrics(&self) -> BoxFuture<'_, String> {
-        Box::pin(async {
-            "# HELP fake_backend_up The fake backend.\n# TYPE fake_backend_up gauge\nfake_backend_up 1\n"
-                .to_owned()
-        })
+    fn metrics<'a>(&'a self, out: &'a mut Exposition) -> BoxFuture<'a, ()> {
+        Box::pin(async move { out.gauge("fake_backend_up", "The fake backend.", 1) })
     }
 }
 
@@ -260,7 +258,7 @@ async fn answer(
         ),
         (None, _) => format!("Hello! You said: {last}"),
     };
-    let mut finish = "stop";
+    let mut finish = FinishReason::Stop;
     // Stop strings end the answer before them, as a real backend does.
     if let Some(cut) = req.stop.iter().filter_map(|s| reply.find(s.as_str())).min() {
         reply.truncate(cut);
@@ -269,15 +267,15 @@ async fn answer(
     if let Some(max) = req.max_tokens {
         if pieces.len() > max {
             pieces.truncate(max);
-            finish = "length";
+            finish = FinishReason::Length;
         }
     }
     for (i, piece) in pieces.iter().enumerate() {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let (logprob, top_logprobs) = if req.logprobs {
-            let (lp, top) = logprobs(i, piece, req.top_logprobs);
+        let (logprob, top_logprobs) = if req.sampling.logprobs {
+            let (lp, top) = logprobs(i, piece, req.sampling.top_logprobs);
             (Some(lp), top)
         } else {
             (None, Vec::new())
@@ -292,7 +290,7 @@ async fn answer(
         }
     }
     let done = GenerationEvent::Done {
-        finish_reason: finish.into(),
+        finish_reason: finish,
         prompt_tokens,
         completion_tokens: pieces.len(),
     };
@@ -326,7 +324,7 @@ async fn endless(
         n += 1;
     }
     let done = GenerationEvent::Done {
-        finish_reason: "length".into(),
+        finish_reason: FinishReason::Length,
         prompt_tokens: 1,
         completion_tokens: n,
     };

@@ -8,13 +8,14 @@ use std::{
 
 use exo_protocol::{
     capability::MAX_RECORD_BYTES, decode, encode, ActivationResponse, CapabilityRecord, ErrorKind,
-    FileResponse, FileResponseBody,
+    FileRequest, FileResponse, FileResponseBody,
 };
 use futures::StreamExt;
 use libp2p::{
     autonat, dcutr, gossipsub, identify, kad, mdns,
     multiaddr::Protocol,
     ping, relay, request_response,
+    request_response::ResponseChannel,
     swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
@@ -24,7 +25,7 @@ use super::{
     behaviour::{Behaviour, BehaviourConfig, BehaviourEvent, CAPABILITY_TOPIC, KAD_PROTOCOL},
     discovery::{self, Redialer},
     transport::build_swarm,
-    Client, Command, InboundActivation, InboundFile, NetError, NetworkConfig,
+    Client, Command, Inbound, InboundActivation, InboundFile, NetError, NetworkConfig,
 };
 use crate::topology::{Connection, Topology};
 
@@ -39,15 +40,103 @@ pub struct Channels {
     pub topology: watch::Sender<Topology>,
 }
 
+/// Requests sent on one request-response protocol, by id, with who waits for the reply.
+type Pending<R> =
+    HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<R, NetError>>>;
+
+/// A peer's request as the node's queue for that protocol holds it.
+trait Queued<Req, Resp> {
+    fn new(peer: PeerId, request: Req, channel: ResponseChannel<Resp>) -> Self;
+    fn channel(self) -> ResponseChannel<Resp>;
+}
+
+impl Queued<Inbound, ActivationResponse> for InboundActivation {
+    fn new(peer: PeerId, request: Inbound, channel: ResponseChannel<ActivationResponse>) -> Self {
+        Self {
+            peer,
+            request,
+            channel,
+        }
+    }
+
+    fn channel(self) -> ResponseChannel<ActivationResponse> {
+        self.channel
+    }
+}
+
+impl Queued<FileRequest, FileResponse> for InboundFile {
+    fn new(peer: PeerId, request: FileRequest, channel: ResponseChannel<FileResponse>) -> Self {
+        Self {
+            peer,
+            request,
+            channel,
+        }
+    }
+
+    fn channel(self) -> ResponseChannel<FileResponse> {
+        self.channel
+    }
+}
+
+/// One event of a request-response protocol: a peer's request goes to the node's queue (and
+/// is answered `busy()` when the queue is full), a reply or failure to whoever waits for it.
+fn exchange<C, Q>(
+    behaviour: &mut request_response::Behaviour<C>,
+    event: request_response::Event<C::Request, C::Response>,
+    queue: &mpsc::Sender<Q>,
+    pending: &mut Pending<C::Response>,
+    busy: impl FnOnce() -> C::Response,
+    protocol: &str,
+) where
+    C: request_response::Codec + Send + Clone + 'static,
+    Q: Queued<C::Request, C::Response>,
+{
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                if let Err(e) = queue.try_send(Q::new(peer, request, channel)) {
+                    let (mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) =
+                        e;
+                    let _ = behaviour.send_response(q.channel(), busy());
+                }
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => {
+                if let Some(reply) = pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+        },
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(NetError::Unreachable {
+                    peer,
+                    reason: error.to_string(),
+                }));
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "inbound {protocol} failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+}
+
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<InboundActivation>,
     inbound_files: mpsc::Sender<InboundFile>,
-    pending_files: HashMap<
-        request_response::OutboundRequestId,
-        oneshot::Sender<Result<FileResponse, NetError>>,
-    >,
+    pending_files: Pending<FileResponse>,
     topo_tx: watch::Sender<Topology>,
     topology: Topology,
     client: Client,
@@ -57,10 +146,7 @@ pub struct EventLoop {
     last_publish: Instant,
     record_interval: Duration,
     record_ttl: Duration,
-    pending: HashMap<
-        request_response::OutboundRequestId,
-        oneshot::Sender<Result<ActivationResponse, NetError>>,
-    >,
+    pending: Pending<ActivationResponse>,
     /// Open connections per peer, and whether each is relayed.
     connections: HashMap<PeerId, HashMap<ConnectionId, bool>>,
     redialer: Redialer,
@@ -409,6 +495,13 @@ impl EventLoop {
                 self.record = Some(*record);
                 self.publish_record();
             }
+            Command::UpdateRecord(update) => match &mut self.record {
+                Some(record) => {
+                    update(record);
+                    self.publish_record();
+                }
+                None => tracing::warn!("capability record changed before it was set; ignored"),
+            },
             Command::Dial(addr) => {
                 self.dial_addr(&addr);
             }
@@ -570,110 +663,35 @@ impl EventLoop {
                 // Tell newcomers about us right away instead of at the next period.
                 self.publish_record();
             }
-            BehaviourEvent::Activation(request_response::Event::Message {
-                peer, message, ..
-            }) => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let inbound = InboundActivation {
-                        peer,
-                        request,
-                        channel,
-                    };
-                    if let Err(e) = self.inbound.try_send(inbound) {
-                        let inbound = match e {
-                            mpsc::error::TrySendError::Full(i)
-                            | mpsc::error::TrySendError::Closed(i) => i,
-                        };
-                        let busy = ActivationResponse::error(
+            BehaviourEvent::Activation(event) => {
+                let local = *self.swarm.local_peer_id();
+                exchange(
+                    &mut self.swarm.behaviour_mut().activation,
+                    event,
+                    &self.inbound,
+                    &mut self.pending,
+                    || {
+                        ActivationResponse::error(
                             ErrorKind::Busy,
-                            self.swarm.local_peer_id().to_string(),
+                            local.to_string(),
                             "too many activation frames queued on this node",
-                        );
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .activation
-                            .send_response(inbound.channel, busy);
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(reply) = self.pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            BehaviourEvent::Activation(request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            }) => {
-                if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Unreachable {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
+                        )
+                    },
+                    "activation",
+                );
             }
-            BehaviourEvent::Files(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        if let Err(e) = self.inbound_files.try_send(InboundFile {
-                            peer,
-                            request,
-                            channel,
-                        }) {
-                            let inbound = match e {
-                                mpsc::error::TrySendError::Full(i)
-                                | mpsc::error::TrySendError::Closed(i) => i,
-                            };
-                            let busy = FileResponse::new(FileResponseBody::Error(
-                                "too many file requests queued".into(),
-                            ));
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .files
-                                .send_response(inbound.channel, busy);
-                        }
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(reply) = self.pending_files.remove(&request_id) {
-                            let _ = reply.send(Ok(response));
-                        }
-                    }
-                }
-            }
-            BehaviourEvent::Files(request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            }) => {
-                if let Some(reply) = self.pending_files.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Unreachable {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            BehaviourEvent::Activation(request_response::Event::InboundFailure {
-                peer,
-                error,
-                ..
-            }) => {
-                tracing::debug!(%peer, %error, "inbound activation failed");
-            }
+            BehaviourEvent::Files(event) => exchange(
+                &mut self.swarm.behaviour_mut().files,
+                event,
+                &self.inbound_files,
+                &mut self.pending_files,
+                || {
+                    FileResponse::new(FileResponseBody::Error(
+                        "too many file requests queued".into(),
+                    ))
+                },
+                "file request",
+            ),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let kad = info.protocols.contains(&KAD_PROTOCOL);
                 for addr in &info.listen_addrs {

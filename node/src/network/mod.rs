@@ -105,6 +105,9 @@ pub enum NetError {
     Shutdown,
 }
 
+/// A change to this node's capability record, applied by the event loop that holds it.
+pub(crate) type RecordUpdate = Box<dyn FnOnce(&mut CapabilityRecord) + Send>;
+
 pub(crate) enum Command {
     Request {
         peer: PeerId,
@@ -125,6 +128,7 @@ pub(crate) enum Command {
         response: FileResponse,
     },
     SetRecord(Box<CapabilityRecord>),
+    UpdateRecord(RecordUpdate),
     Dial(Multiaddr),
     AddStaticPeers(Vec<Multiaddr>),
     AddExternal(Multiaddr),
@@ -199,6 +203,12 @@ impl Client {
     /// publishes it.
     pub async fn set_record(&self, record: CapabilityRecord) {
         let _ = self.send(Command::SetRecord(Box::new(record))).await;
+    }
+
+    /// Changes this node's capability record (the one [`Self::set_record`] gave) and publishes
+    /// it. The event loop is the record's one owner; everyone else sends changes.
+    pub async fn update_record(&self, update: impl FnOnce(&mut CapabilityRecord) + Send + 'static) {
+        let _ = self.send(Command::UpdateRecord(Box::new(update))).await;
     }
 
     pub async fn dial(&self, addr: Multiaddr) {

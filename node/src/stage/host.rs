@@ -36,8 +36,6 @@ pub struct ShardHost {
     /// One loaded layer range per model; a new plan for the model replaces it (requests still
     /// using the old range keep it alive until they finish).
     shards: Mutex<HashMap<String, Arc<ShardRunner>>>,
-    /// This node's capability record, without the parts the host or network fill in.
-    record: std::sync::Mutex<CapabilityRecord>,
     metrics: Arc<Metrics>,
 }
 
@@ -63,7 +61,6 @@ impl ShardHost {
         models: Arc<ModelRegistry>,
         fetcher: Arc<Fetcher>,
         limits: RunnerLimits,
-        record: CapabilityRecord,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -74,7 +71,6 @@ impl ShardHost {
             limits,
             loading: Mutex::new(()),
             shards: Mutex::new(HashMap::new()),
-            record: std::sync::Mutex::new(record),
             metrics,
         }
     }
@@ -87,15 +83,15 @@ impl ShardHost {
         &self.models
     }
 
-    /// Updates the record template and publishes the full record.
-    pub async fn publish(&self, update: impl FnOnce(&mut CapabilityRecord)) {
-        let mut record = {
-            let mut r = self.record.lock().expect("record poisoned");
-            update(&mut r);
-            r.clone()
-        };
-        record.loaded = self.loaded().await;
-        self.client.set_record(record).await;
+    /// Changes this node's capability record and publishes it with the shards loaded now.
+    pub async fn publish(&self, update: impl FnOnce(&mut CapabilityRecord) + Send + 'static) {
+        let loaded = self.loaded().await;
+        self.client
+            .update_record(move |r| {
+                update(r);
+                r.loaded = loaded;
+            })
+            .await;
     }
 
     pub async fn loaded(&self) -> Vec<LoadedShard> {
@@ -200,7 +196,7 @@ impl ShardHost {
     async fn publish_held_files(&self) {
         let store = self.fetcher.store().clone();
         match tokio::task::spawn_blocking(move || store.held_files()).await {
-            Ok(Ok(held)) => self.publish(|r| r.files = files::offers(held)).await,
+            Ok(Ok(held)) => self.publish(move |r| r.files = files::offers(held)).await,
             Ok(Err(e)) => tracing::warn!("cannot list the files held: {e}"),
             Err(e) => tracing::warn!("cannot list the files held: {e}"),
         }
@@ -212,7 +208,7 @@ impl ShardHost {
         let bad =
             |msg: String| ActivationResponse::error(ErrorKind::BadRequest, local.clone(), msg);
         if let Err(e) = req.plan.validate() {
-            return bad(e);
+            return bad(e.to_string());
         }
         let Some(stage) = req.plan.stages.get(req.stage as usize) else {
             return bad(format!("stage {} is not in the plan", req.stage));
@@ -223,7 +219,7 @@ impl ShardHost {
                 req.stage, stage.peer
             ));
         }
-        let key = format!("{}/{}", req.driver, req.request_id);
+        let key = req.key().to_string();
         let has_next = (req.stage as usize) + 1 < req.plan.stages.len();
         if req.payload == Payload::Release {
             if let Some(r) = self.shards.lock().await.get(&req.plan.model) {

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
-use crate::backend::{GenerateRequest, Prompt};
+use crate::backend::{GenerateRequest, Prompt, SamplingParams};
 use crate::core::chat::{self, ChatMessage, OutputFormat, Tool, ToolCall, ToolChoice};
 use crate::core::generate::{self, new_id};
 use crate::core::AppState;
@@ -101,12 +101,15 @@ pub async fn messages(
         ctx.received,
         GenerateRequest {
             max_tokens: Some(usize::try_from(req.max_tokens).unwrap_or(usize::MAX)),
-            // Anthropic's default temperature is 1.0.
-            temperature: req.temperature.unwrap_or(1.0),
-            top_p: req.top_p.unwrap_or(1.0),
-            top_k: req
-                .top_k
-                .map_or(0, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
+            sampling: SamplingParams {
+                // Anthropic's default temperature is 1.0.
+                temperature: req.temperature.unwrap_or(1.0),
+                top_p: req.top_p.unwrap_or(1.0),
+                top_k: req
+                    .top_k
+                    .map_or(0, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
+                ..GenerateRequest::default_sampling()
+            },
             stop,
             tools: output.tools,
             grammar: output.grammar,

@@ -120,7 +120,7 @@ pub async fn chat(
             .tool_calls
             .unwrap_or_default()
             .into_iter()
-            .map(|c| ToolCall::new(c.function.name, &c.function.arguments))
+            .map(|c| vocab::tool_call(c.function.name, &c.function.arguments))
             .collect();
         msg.name = m.tool_name;
         messages.push(msg);

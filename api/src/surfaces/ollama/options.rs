@@ -38,14 +38,17 @@ impl Options {
         in_range("top_p", self.top_p, 1.0)?;
         in_range("min_p", self.min_p, 1.0)?;
         in_range("repeat_penalty", self.repeat_penalty, 10.0)?;
-        req.temperature = self.temperature.unwrap_or(0.8);
-        req.top_p = self.top_p.unwrap_or(0.9);
-        req.top_k = self
+        let s = &mut req.sampling;
+        s.temperature = self.temperature.unwrap_or(0.8);
+        s.top_p = self.top_p.unwrap_or(0.9);
+        s.top_k = self
             .top_k
             .map_or(40, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX));
-        req.min_p = self.min_p.unwrap_or(0.0);
-        req.repeat_penalty = self.repeat_penalty.unwrap_or(1.1);
-        req.seed = self.seed.map(|s| s as u64);
+        s.min_p = self.min_p.unwrap_or(0.0);
+        s.repeat_penalty = self.repeat_penalty.unwrap_or(1.1);
+        if let Some(seed) = self.seed {
+            s.seed = seed as u64;
+        }
         req.max_tokens = match self.num_predict {
             None => None,
             Some(n) if n < 0 => None,

@@ -4,20 +4,21 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+use exo_protocol::SamplingParams;
+
 use crate::backend::{ChatMessage, GenerateRequest, Prompt, TokenLogprob};
 use crate::core::chat::{self as vocab, FinishReason, ToolCall};
-use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
+use crate::core::generate::{self, new_id, unix_now};
 use crate::core::AppState;
 use crate::error::ApiError;
 use crate::extract::{typed, JsonObject};
 use crate::middleware::RequestContext;
 use crate::surfaces::openai::sampling::SamplingFields;
-use crate::surfaces::openai::stream::{self, Chunks};
+use crate::surfaces::openai::stream::{self, ChunkHead, Chunks};
 use crate::surfaces::openai::tools::{self, finish_reason};
 use crate::surfaces::openai::types::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChatLogprobs, ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage,
-    ResponseToolCall, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs,
+    ChatTokenLogprob, ChunkChoice, Delta, MessageContent, RequestMessage, ResponseToolCall,
 };
 
 /// Most alternatives per token OpenAI returns.
@@ -88,21 +89,16 @@ pub async fn chat_completions(
         &state,
         ctx.received,
         GenerateRequest {
-            request_id: id.clone(),
-            model: req.model.clone(),
-            prompt: Prompt::Chat(messages),
             max_tokens: sampling.max_tokens,
-            temperature: sampling.temperature,
-            top_p: sampling.top_p,
-            top_k: sampling.top_k,
-            min_p: sampling.min_p,
-            repeat_penalty: sampling.repeat_penalty,
-            seed: sampling.seed,
             stop: sampling.stop,
-            logprobs,
-            top_logprobs,
+            sampling: SamplingParams {
+                logprobs,
+                top_logprobs,
+                ..sampling.params
+            },
             tools: output.tools,
             grammar: output.grammar,
+            ..GenerateRequest::new(id.clone(), req.model.clone(), Prompt::Chat(messages))
         },
         output.mode,
     )
@@ -110,11 +106,14 @@ pub async fn chat_completions(
     let created = unix_now();
     if stream {
         let chunks = ChatChunks {
-            id,
-            created,
-            model: req.model,
+            head: ChunkHead {
+                id,
+                object: "chat.completion.chunk",
+                created,
+                model: req.model,
+                include_usage,
+            },
             logprobs,
-            include_usage,
         };
         return Ok(stream::stream(run, chunks, include_usage));
     }
@@ -226,44 +225,39 @@ fn messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError>
 }
 
 struct ChatChunks {
-    id: String,
-    created: u64,
-    model: String,
+    head: ChunkHead,
     logprobs: bool,
-    include_usage: bool,
 }
 
 impl ChatChunks {
-    fn chunk(&self, choice: Option<ChunkChoice>, usage: Option<Usage>) -> String {
-        let chunk = ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            system_fingerprint: None,
-            choices: choice.into_iter().collect(),
-            usage: self.include_usage.then_some(usage),
+    fn chunk(
+        &self,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> String {
+        let choice = ChunkChoice {
+            index: 0,
+            delta,
+            logprobs,
+            finish_reason: finish.map(|r| finish_reason(r).to_owned()),
         };
-        serde_json::to_string(&chunk).expect("chunks serialize")
+        self.head.chunk(Some(choice), None)
     }
 }
 
 impl Chunks for ChatChunks {
+    fn head(&self) -> &ChunkHead {
+        &self.head
+    }
+
     fn start(&mut self) -> Option<String> {
         let delta = Delta {
             role: Some("assistant"),
             content: Some(String::new()),
             tool_calls: None,
         };
-        Some(self.chunk(
-            Some(ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: None,
-            }),
-            None,
-        ))
+        Some(self.chunk(delta, None, None))
     }
 
     fn delta(
@@ -284,15 +278,7 @@ impl Chunks for ChatChunks {
             content: Some(text.to_owned()),
             tool_calls: None,
         };
-        self.chunk(
-            Some(ChunkChoice {
-                index: 0,
-                delta,
-                logprobs,
-                finish_reason: None,
-            }),
-            None,
-        )
+        self.chunk(delta, logprobs, None)
     }
 
     fn calls(&mut self, calls: &[ToolCall]) -> Option<String> {
@@ -310,30 +296,10 @@ impl Chunks for ChatChunks {
             ),
             ..Delta::default()
         };
-        Some(self.chunk(
-            Some(ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: None,
-            }),
-            None,
-        ))
+        Some(self.chunk(delta, None, None))
     }
 
     fn finish(&mut self, reason: FinishReason) -> String {
-        self.chunk(
-            Some(ChunkChoice {
-                index: 0,
-                delta: Delta::default(),
-                logprobs: None,
-                finish_reason: Some(finish_reason(reason).to_owned()),
-            }),
-            None,
-        )
-    }
-
-    fn usage(&mut self, usage: RunUsage) -> String {
-        self.chunk(None, Some(usage.into()))
+        self.chunk(Delta::default(), None, Some(reason))
     }
 }

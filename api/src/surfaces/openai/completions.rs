@@ -4,18 +4,20 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+use exo_protocol::SamplingParams;
+
 use crate::backend::{GenerateRequest, Prompt, TokenLogprob};
 use crate::core::chat::{FinishReason, ToolMode};
-use crate::core::generate::{self, new_id, unix_now, Usage as RunUsage};
+use crate::core::generate::{self, new_id, unix_now};
 use crate::core::AppState;
 use crate::error::ApiError;
 use crate::extract::{typed, JsonObject};
 use crate::middleware::RequestContext;
 use crate::surfaces::openai::sampling::SamplingFields;
-use crate::surfaces::openai::stream::{self, Chunks};
+use crate::surfaces::openai::stream::{self, ChunkHead, Chunks};
 use crate::surfaces::openai::tools::finish_reason;
 use crate::surfaces::openai::types::{
-    CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs, Usage,
+    CompletionRequest, PromptInput, TextChoice, TextCompletion, TextLogprobs,
 };
 
 /// OpenAI's default for this endpoint (chat has none).
@@ -81,21 +83,14 @@ pub async fn completions(
         &state,
         ctx.received,
         GenerateRequest {
-            request_id: id.clone(),
-            model: req.model.clone(),
-            prompt: Prompt::Text(prompt.clone()),
             max_tokens: sampling.max_tokens,
-            temperature: sampling.temperature,
-            top_p: sampling.top_p,
-            top_k: sampling.top_k,
-            min_p: sampling.min_p,
-            repeat_penalty: sampling.repeat_penalty,
-            seed: sampling.seed,
             stop: sampling.stop,
-            logprobs: logprobs.is_some(),
-            top_logprobs: logprobs.unwrap_or(0),
-            tools: Vec::new(),
-            grammar: None,
+            sampling: SamplingParams {
+                logprobs: logprobs.is_some(),
+                top_logprobs: logprobs.unwrap_or(0),
+                ..sampling.params
+            },
+            ..GenerateRequest::new(id.clone(), req.model.clone(), Prompt::Text(prompt.clone()))
         },
         ToolMode::Off,
     )
@@ -111,10 +106,13 @@ pub async fn completions(
     let echoed = if echo { prompt } else { String::new() };
     if stream {
         let chunks = TextChunks {
-            id,
-            created,
-            model: req.model,
-            include_usage,
+            head: ChunkHead {
+                id,
+                object: "text_completion",
+                created,
+                model: req.model,
+                include_usage,
+            },
             logprobs: logprobs.is_some(),
             offset: echoed.len(),
             echo: echo.then_some(echoed),
@@ -168,10 +166,7 @@ fn prompt(input: PromptInput) -> Result<String, ApiError> {
 }
 
 struct TextChunks {
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
+    head: ChunkHead,
     logprobs: bool,
     /// Byte offset of the next token in the text (the echoed prompt included).
     offset: usize,
@@ -179,32 +174,30 @@ struct TextChunks {
 }
 
 impl TextChunks {
-    fn chunk(&self, choice: Option<TextChoice>, usage: Option<Usage>) -> String {
-        let chunk = TextCompletion {
-            id: self.id.clone(),
-            object: "text_completion",
-            created: self.created,
-            model: self.model.clone(),
-            system_fingerprint: None,
-            choices: choice.into_iter().collect(),
-            usage: self.include_usage.then_some(usage),
+    fn chunk(
+        &self,
+        text: String,
+        logprobs: Option<TextLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> String {
+        let choice = TextChoice {
+            text,
+            index: 0,
+            logprobs,
+            finish_reason: finish.map(|r| finish_reason(r).to_owned()),
         };
-        serde_json::to_string(&chunk).expect("chunks serialize")
+        self.head.chunk(Some(choice), None)
     }
 }
 
 impl Chunks for TextChunks {
+    fn head(&self) -> &ChunkHead {
+        &self.head
+    }
+
     fn start(&mut self) -> Option<String> {
         let text = self.echo.take()?;
-        Some(self.chunk(
-            Some(TextChoice {
-                text,
-                index: 0,
-                logprobs: None,
-                finish_reason: None,
-            }),
-            None,
-        ))
+        Some(self.chunk(text, None, None))
     }
 
     fn delta(
@@ -222,30 +215,10 @@ impl Chunks for TextChunks {
             _ => None,
         };
         self.offset += text.len();
-        self.chunk(
-            Some(TextChoice {
-                text: text.to_owned(),
-                index: 0,
-                logprobs,
-                finish_reason: None,
-            }),
-            None,
-        )
+        self.chunk(text.to_owned(), logprobs, None)
     }
 
     fn finish(&mut self, reason: FinishReason) -> String {
-        self.chunk(
-            Some(TextChoice {
-                text: String::new(),
-                index: 0,
-                logprobs: None,
-                finish_reason: Some(finish_reason(reason).to_owned()),
-            }),
-            None,
-        )
-    }
-
-    fn usage(&mut self, usage: RunUsage) -> String {
-        self.chunk(None, Some(usage.into()))
+        self.chunk(String::new(), None, Some(reason))
     }
 }

@@ -120,8 +120,7 @@ pub async fn responses(
         ctx.received,
         GenerateRequest {
             max_tokens: sampling.max_tokens,
-            temperature: sampling.temperature,
-            top_p: sampling.top_p,
+            sampling: sampling.params,
             tools: output.tools,
             grammar: output.grammar,
             ..GenerateRequest::new(id.clone(), req.model.clone(), Prompt::Chat(messages))

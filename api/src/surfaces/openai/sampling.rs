@@ -1,19 +1,18 @@
 //! The sampling fields OpenAI's endpoints share, and their checks (with OpenAI's `param` names
 //! in errors).
 
+use exo_protocol::SamplingParams;
+
 use crate::error::ApiError;
 use crate::surfaces::openai::types::Stop;
 
-/// OpenAI's defaults, and llama.cpp's for its extras (0 top_k: off; 1.0 repeat_penalty: off).
+/// The checked fields: OpenAI's defaults, and llama.cpp's for its extras (0 top_k: off; 1.0
+/// repeat_penalty: off).
 pub struct Sampling {
     pub max_tokens: Option<usize>,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: u32,
-    pub min_p: f32,
-    pub repeat_penalty: f32,
-    pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// Without log-probabilities; each endpoint asks for those its own way.
+    pub params: SamplingParams,
 }
 
 /// The sampling fields as a request sent them, before any check.
@@ -86,17 +85,20 @@ impl SamplingFields {
         }
         Ok(Sampling {
             max_tokens,
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.unwrap_or(1.0),
-            // llama.cpp: top_k <= 0 disables it.
-            top_k: self
-                .top_k
-                .map_or(0, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
-            min_p: self.min_p.unwrap_or(0.0),
-            repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
-            // Negative seeds are valid in OpenAI's API; keep their bits.
-            seed: self.seed.map(|s| s as u64),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            params: SamplingParams {
+                temperature: self.temperature.unwrap_or(1.0),
+                top_p: self.top_p.unwrap_or(1.0),
+                // llama.cpp: top_k <= 0 disables it.
+                top_k: self
+                    .top_k
+                    .map_or(0, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
+                min_p: self.min_p.unwrap_or(0.0),
+                repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
+                // Negative seeds are valid in OpenAI's API; keep their bits.
+                seed: self.seed.map_or_else(rand::random, |s| s as u64),
+                ..SamplingParams::default()
+            },
         })
     }
 }

@@ -3,14 +3,43 @@
 
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
+use serde::Serialize;
 
 use crate::backend::TokenLogprob;
 use crate::core::chat::{FinishReason, ToolCall};
 use crate::core::framing;
 use crate::core::generate::{Event, Run, Usage};
+use crate::surfaces::openai::types::Completion;
+
+/// What every chunk of one stream repeats.
+pub struct ChunkHead {
+    pub id: String,
+    /// `chat.completion.chunk` or `text_completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub include_usage: bool,
+}
+
+impl ChunkHead {
+    /// One chunk's JSON: `choice` (none for the usage chunk) under the head.
+    pub fn chunk<C: Serialize>(&self, choice: Option<C>, usage: Option<Usage>) -> String {
+        let chunk = Completion {
+            id: self.id.clone(),
+            object: self.object,
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices: choice.into_iter().collect(),
+            usage: self.include_usage.then(|| usage.map(Into::into)),
+        };
+        serde_json::to_string(&chunk).expect("chunks serialize")
+    }
+}
 
 /// How one endpoint writes its stream's `data:` payloads.
 pub trait Chunks: Send + 'static {
+    fn head(&self) -> &ChunkHead;
     /// Sent before any token (chat: the role chunk).
     fn start(&mut self) -> Option<String>;
     fn delta(&mut self, text: &str, logprob: Option<&TokenLogprob>, top: &[TokenLogprob])
@@ -21,7 +50,9 @@ pub trait Chunks: Send + 'static {
     }
     fn finish(&mut self, finish_reason: FinishReason) -> String;
     /// The extra last chunk of `stream_options.include_usage`: no choices, the usage.
-    fn usage(&mut self, usage: Usage) -> String;
+    fn usage(&mut self, usage: Usage) -> String {
+        self.head().chunk::<()>(None, Some(usage))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

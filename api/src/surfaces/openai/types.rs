@@ -253,18 +253,24 @@ impl ChatTokenLogprob {
     }
 }
 
+/// The envelope of a streamed chunk and of the legacy completion: `choices` of the endpoint's
+/// kind (`C`) under the id, time and model.
 #[derive(Debug, Serialize)]
-pub struct ChatCompletionChunk {
+pub struct Completion<C> {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
     pub model: String,
     pub system_fingerprint: Option<String>,
-    pub choices: Vec<ChunkChoice>,
-    /// Absent unless `stream_options.include_usage`; then null except on the last chunk.
+    pub choices: Vec<C>,
+    /// In a stream: absent unless `stream_options.include_usage`; then null except on the last
+    /// chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
 }
+
+/// `chat.completion.chunk`.
+pub type ChatCompletionChunk = Completion<ChunkChoice>;
 
 #[derive(Debug, Serialize)]
 pub struct ChunkChoice {
@@ -285,17 +291,7 @@ pub struct Delta {
 }
 
 /// `text_completion`, both the whole response and each streamed chunk.
-#[derive(Debug, Serialize)]
-pub struct TextCompletion {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub system_fingerprint: Option<String>,
-    pub choices: Vec<TextChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Option<Usage>>,
-}
+pub type TextCompletion = Completion<TextChoice>;
 
 #[derive(Debug, Serialize)]
 pub struct TextChoice {
