@@ -252,7 +252,7 @@ impl Backend for NodeBackend {
                 Prompt::Chat(msgs) => {
                     let tools: Vec<serde_json::Value> =
                         req.tools.iter().map(|t| t.to_template()).collect();
-                    info.encode_chat_with_tools(&msgs, &tools)
+                    info.encode_chat_with_tools(msgs, &tools)
                 }
             }
             .map_err(|e| BackendError::BadRequest(e.to_string()))?;
