@@ -24,6 +24,25 @@ impl LocalStepper {
             key: format!("local-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
         }
     }
+
+    /// Runs `f` on this request's ring on a blocking thread: forward passes are CPU-bound and
+    /// stay off the async runtime.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        f: impl FnOnce(&LocalRing, &str, &[u32], &SamplingParams) -> exo_engine::Result<T>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        let (ring, key, tokens, sampling) = (
+            self.ring.clone(),
+            self.key.clone(),
+            tokens.to_vec(),
+            sampling.clone(),
+        );
+        Ok(tokio::task::spawn_blocking(move || f(&ring, &key, &tokens, &sampling)).await??)
+    }
 }
 
 impl Stepper for LocalStepper {
@@ -33,17 +52,10 @@ impl Stepper for LocalStepper {
         tokens: &[u32],
         sampling: &SamplingParams,
     ) -> Result<TokenOut> {
-        let (ring, key, tokens, sampling) = (
-            self.ring.clone(),
-            self.key.clone(),
-            tokens.to_vec(),
-            sampling.clone(),
-        );
-        // Forward passes are CPU-bound: keep them off the async runtime.
-        Ok(
-            tokio::task::spawn_blocking(move || ring.step(&key, position, &tokens, &sampling))
-                .await??,
-        )
+        self.off_runtime(tokens, sampling, move |ring, key, tokens, sampling| {
+            ring.step(key, position, tokens, sampling)
+        })
+        .await
     }
 
     async fn verify(
@@ -52,16 +64,10 @@ impl Stepper for LocalStepper {
         tokens: &[u32],
         sampling: &SamplingParams,
     ) -> Result<Vec<TokenOut>> {
-        let (ring, key, tokens, sampling) = (
-            self.ring.clone(),
-            self.key.clone(),
-            tokens.to_vec(),
-            sampling.clone(),
-        );
-        Ok(
-            tokio::task::spawn_blocking(move || ring.verify(&key, position, &tokens, &sampling, 0))
-                .await??,
-        )
+        self.off_runtime(tokens, sampling, move |ring, key, tokens, sampling| {
+            ring.verify(key, position, tokens, sampling, 0)
+        })
+        .await
     }
 
     fn can_verify(&self) -> bool {
