@@ -137,7 +137,7 @@ impl LocalRing {
         };
         let req = ActivationRequest::new(
             0,
-            "local".into(),
+            "local",
             plan,
             position as u32,
             tokens.to_vec(),

@@ -53,7 +53,7 @@ fn hop(c: &mut Criterion) {
         Plan {
             model: "m".into(),
             stages: vec![Stage {
-                peer: peer.to_string(),
+                peer: peer.to_string().into(),
                 layers: LayerRange::full(1),
             }],
         },

@@ -381,7 +381,9 @@ impl Backend for NodeBackend {
     }
 
     fn topology(&self) -> BoxFuture<'_, serde_json::Value> {
-        Box::pin(async move { self.node.topology.borrow().to_json() })
+        Box::pin(async move {
+            serde_json::to_value(self.node.topology.borrow().view()).expect("plain data")
+        })
     }
 
     fn downloads(&self) -> BoxFuture<'_, serde_json::Value> {

@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use exo_engine::RunnerLimits;
-use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, Plan};
+use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, NodeId, Plan};
 use tokio::sync::watch;
 
 use exo_store::{
@@ -20,6 +20,7 @@ use crate::{
     models::{self, Fetcher, ModelRegistry},
     network::{self, Client, Discovery, Inbound, NetworkConfig},
     ring::Ring,
+    stage::transport::StageTransport,
     sysinfo,
     topology::Topology,
 };
@@ -148,7 +149,7 @@ impl Node {
                             // A peer that sends garbage gets an error reply and is cut off;
                             // everyone else is served as before.
                             tracing::warn!(peer = %msg.peer, %reason, "malformed activation frame; disconnecting the peer");
-                            let local = host.local().to_string();
+                            let local = host.local();
                             let response =
                                 ActivationResponse::error(ErrorKind::BadRequest, local, reason);
                             client.respond(msg.channel, response).await;
@@ -190,7 +191,7 @@ impl Node {
     /// What a driver needs to run requests on the mesh.
     pub fn ring(&self) -> Ring {
         Ring {
-            host: self.host.clone(),
+            transport: self.host.clone(),
             topology: self.topology.clone(),
             metrics: self.metrics.clone(),
         }
@@ -203,7 +204,7 @@ impl Node {
 
     /// Waits until `n` other nodes serving `model`, and this node itself, are in the topology.
     pub async fn wait_for_peers(&self, model: &str, n: usize, timeout: Duration) -> Result<()> {
-        let local = self.client.local_peer_id().to_string();
+        let local = NodeId::from(self.client.local_peer_id().to_string());
         let mut topo = self.topology.clone();
         let count = |t: &Topology| {
             t.serving(model)

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{shard::Plan, PROTOCOL_VERSION};
+use crate::{shard::Plan, NodeId, PROTOCOL_VERSION};
 
 /// Largest activation frame a node accepts (a 4096-wide f32 hidden state for 4096 prompt
 /// tokens is 64 MiB; longer prompts are sent in chunks).
@@ -21,7 +21,7 @@ pub struct ActivationRequest {
     /// Chosen by the driver; with `driver` it names the request's KV cache on every stage.
     pub request_id: u64,
     /// Peer id of the driving node.
-    pub driver: String,
+    pub driver: NodeId,
     pub plan: Plan,
     /// Index in `plan.stages` of the stage this frame is for.
     pub stage: u32,
@@ -43,7 +43,7 @@ pub struct ActivationRequest {
 impl ActivationRequest {
     pub fn new(
         request_id: u64,
-        driver: String,
+        driver: impl Into<NodeId>,
         plan: Plan,
         position: u32,
         tokens: Vec<u32>,
@@ -53,7 +53,7 @@ impl ActivationRequest {
         Self {
             v: PROTOCOL_VERSION,
             request_id,
-            driver,
+            driver: driver.into(),
             plan,
             stage: 0,
             position,
@@ -92,7 +92,7 @@ impl ActivationRequest {
 /// `driver/request_id`, the form shard runners and logs key requests by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestKey {
-    pub driver: String,
+    pub driver: NodeId,
     pub request_id: u64,
 }
 
@@ -303,8 +303,8 @@ pub enum Outcome {
     Released,
     Error {
         kind: ErrorKind,
-        /// Peer id of the stage that failed.
-        peer: String,
+        /// The stage that failed.
+        peer: NodeId,
         message: String,
     },
 }
@@ -322,7 +322,7 @@ impl ActivationResponse {
             outcome,
         }
     }
-    pub fn error(kind: ErrorKind, peer: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(kind: ErrorKind, peer: impl Into<NodeId>, message: impl Into<String>) -> Self {
         Self::new(Outcome::Error {
             kind,
             peer: peer.into(),

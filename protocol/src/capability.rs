@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{shard::LayerRange, PROTOCOL_VERSION};
+use crate::{shard::LayerRange, NodeId, PROTOCOL_VERSION};
 
 /// Largest capability record a node accepts.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -10,7 +10,7 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CapabilityRecord {
     pub v: u16,
-    pub peer_id: String,
+    pub peer_id: NodeId,
     /// Multiaddrs the node listens on (including relayed `/p2p-circuit` ones).
     pub addrs: Vec<String>,
     /// Memory the node offers for model layers, in bytes (`--memory` overrides the measured value).
@@ -36,10 +36,10 @@ pub struct CapabilityRecord {
 }
 
 impl CapabilityRecord {
-    pub fn new(peer_id: String) -> Self {
+    pub fn new(peer_id: impl Into<NodeId>) -> Self {
         Self {
             v: PROTOCOL_VERSION,
-            peer_id,
+            peer_id: peer_id.into(),
             addrs: Vec::new(),
             memory_total: 0,
             memory_available: 0,

@@ -86,7 +86,7 @@ mod tests {
         ] {
             roundtrip(&ActivationRequest::new(
                 7,
-                "driver".into(),
+                "driver",
                 plan(),
                 3,
                 vec![1, 2, 151645],
@@ -109,7 +109,7 @@ mod tests {
         ] {
             roundtrip(&ActivationResponse::new(outcome));
         }
-        let mut record = CapabilityRecord::new("peer".into());
+        let mut record = CapabilityRecord::new("peer");
         record.models.push(ModelOffer {
             id: "m".into(),
             n_layers: 24,
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn unknown_version_is_rejected_cleanly() {
-        let mut record = CapabilityRecord::new("peer".into());
+        let mut record = CapabilityRecord::new("peer");
         record.v = PROTOCOL_VERSION + 1;
         let bytes = encode(&record).unwrap();
         let err = decode::<CapabilityRecord>(&bytes, usize::MAX).unwrap_err();
@@ -180,7 +180,7 @@ mod tests {
     fn sample_request_bytes() -> Vec<u8> {
         encode(&ActivationRequest::new(
             1,
-            "d".into(),
+            "d",
             plan(),
             0,
             vec![9],

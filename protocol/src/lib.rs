@@ -10,6 +10,7 @@ pub mod capability;
 pub mod chat;
 pub mod codec;
 pub mod files;
+pub mod node_id;
 pub mod partition;
 pub mod shard;
 
@@ -24,6 +25,7 @@ pub use files::{
     FileRequest, FileRequestBody, FileResponse, FileResponseBody, LfsPointer, ListedFile,
     RepoListing, MAX_CHUNK_BYTES,
 };
+pub use node_id::NodeId;
 pub use partition::{partition, PartitionError, RingNode};
 pub use shard::{LayerRange, Plan, PlanError, Stage};
 

@@ -4,11 +4,14 @@
 //! so every node computes the same ring from the same topology; give each a share of the layers
 //! proportional to its memory (largest remainder first, ties in ring order) and at least one layer.
 
-use crate::shard::{LayerRange, Plan, Stage};
+use crate::{
+    shard::{LayerRange, Plan, Stage},
+    NodeId,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingNode {
-    pub peer: String,
+    pub peer: NodeId,
     pub memory: u64,
 }
 
@@ -96,7 +99,7 @@ mod tests {
         mems.iter()
             .enumerate()
             .map(|(i, &memory)| RingNode {
-                peer: format!("peer{i:02}"),
+                peer: format!("peer{i:02}").into(),
                 memory,
             })
             .collect()
@@ -155,7 +158,7 @@ mod tests {
             prop_assert!(plan.validate().is_ok());
             prop_assert_eq!(plan.stages.len(), mems.len().min(n_layers as usize));
             // Order: memory descending, then peer id.
-            let mem_of = |p: &str| ns.iter().find(|n| n.peer == p).unwrap().memory;
+            let mem_of = |p: &NodeId| ns.iter().find(|n| n.peer == *p).unwrap().memory;
             for w in plan.stages.windows(2) {
                 let (a, b) = (mem_of(&w[0].peer), mem_of(&w[1].peer));
                 prop_assert!(a > b || (a == b && w[0].peer < w[1].peer));

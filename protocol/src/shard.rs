@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeId;
+
 /// A contiguous range of transformer layers `start..end` of a model with `n_layers` layers.
 /// The first shard also embeds token ids; the last also applies the final norm and head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,10 +52,10 @@ impl std::fmt::Display for LayerRange {
     }
 }
 
-/// One hop of the ring: the peer (libp2p peer id as a string) and the layers it runs.
+/// One hop of the ring: the node and the layers it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
-    pub peer: String,
+    pub peer: NodeId,
     pub layers: LayerRange,
 }
 
@@ -65,7 +67,7 @@ pub enum PlanError {
     #[error("plan for {model} is not a contiguous cover: stage {peer} has {layers}")]
     NotContiguous {
         model: String,
-        peer: String,
+        peer: NodeId,
         layers: LayerRange,
     },
     #[error("plan for {model} stops at layer {end} of {n_layers}")]

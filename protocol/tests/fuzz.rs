@@ -72,7 +72,7 @@ fn seeds() -> Vec<Vec<u8>> {
         shape: vec![1, 2, 8],
         data: vec![3; 64],
     };
-    let mut record = CapabilityRecord::new("peer".into());
+    let mut record = CapabilityRecord::new("peer");
     record.models.push(ModelOffer {
         id: "m".into(),
         n_layers: 24,
@@ -93,7 +93,7 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![
         encode(&ActivationRequest::new(
             1,
-            "d".into(),
+            "d",
             plan.clone(),
             3,
             vec![1, 2],
@@ -103,7 +103,7 @@ fn seeds() -> Vec<Vec<u8>> {
         .unwrap(),
         encode(&ActivationRequest::new(
             1,
-            "d".into(),
+            "d",
             plan,
             0,
             vec![5; 9],

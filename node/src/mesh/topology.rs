@@ -6,8 +6,11 @@ use std::{
     time::Instant,
 };
 
-use exo_protocol::{partition, CapabilityRecord, ModelOffer, PartitionError, Plan, RingNode};
-use serde_json::json;
+use exo_protocol::{
+    partition, CapabilityRecord, FileOffer, LoadedShard, ModelOffer, NodeId, PartitionError, Plan,
+    RingNode,
+};
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -58,14 +61,14 @@ pub struct NodeEntry {
 
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
-    pub local: String,
-    pub nodes: BTreeMap<String, NodeEntry>,
+    pub local: NodeId,
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
 }
 
 impl Topology {
-    pub fn new(local: String) -> Self {
+    pub fn new(local: impl Into<NodeId>) -> Self {
         Self {
-            local,
+            local: local.into(),
             nodes: BTreeMap::new(),
         }
     }
@@ -107,13 +110,13 @@ impl Topology {
     }
 
     pub fn remove(&mut self, peer: &str) -> bool {
-        peer != self.local && self.nodes.remove(peer).is_some()
+        self.local != *peer && self.nodes.remove(peer).is_some()
     }
 
     /// Drops remote records not refreshed within `ttl`; returns the peers removed.
-    pub fn expire(&mut self, ttl: std::time::Duration) -> Vec<String> {
+    pub fn expire(&mut self, ttl: std::time::Duration) -> Vec<NodeId> {
         let local = self.local.clone();
-        let stale: Vec<String> = self
+        let stale: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(p, e)| **p != local && e.seen.elapsed() > ttl)
@@ -158,7 +161,7 @@ impl Topology {
     pub fn plan_excluding(
         &self,
         model: &str,
-        exclude: &HashSet<String>,
+        exclude: &HashSet<NodeId>,
     ) -> Result<Plan, PlanError> {
         let offer = self
             .offer(model)
@@ -190,53 +193,108 @@ impl Topology {
         Ok(plan)
     }
 
-    /// `GET /v1/topology`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let nodes: Vec<serde_json::Value> = self
+    /// `GET /v1/topology`: this node, every node it knows, and the ring each model would use.
+    pub fn view(&self) -> TopologyView<'_> {
+        let nodes = self
             .nodes
             .values()
             .map(|e| {
                 let r = &e.record;
-                json!({
-                    "peer_id": r.peer_id,
-                    "addrs": r.addrs,
-                    "memory_total": r.memory_total,
-                    "memory_available": r.memory_available,
-                    "compute_score": r.compute_score,
-                    "cpu": r.cpu,
-                    "gpu": r.gpu,
-                    "models": r.models.iter().map(|m| json!({
-                        "id": m.id, "n_layers": m.n_layers, "bytes": m.bytes, "arch": m.arch,
-                    })).collect::<Vec<_>>(),
-                    "loaded": r.loaded.iter().map(|l| json!({
-                        "model": l.model,
-                        "layers": {"start": l.layers.start, "end": l.layers.end, "n_layers": l.layers.n_layers},
-                    })).collect::<Vec<_>>(),
-                    "files": r.files.iter().map(|f| json!({
-                        "repo": f.repo, "file": f.file, "size": f.size, "sha256": f.sha256,
-                    })).collect::<Vec<_>>(),
-                    "api_port": r.api_port,
-                    "version": r.software,
-                    "connection": e.connection.as_str(),
-                    "last_seen_ms": e.seen.elapsed().as_millis() as u64,
-                })
+                NodeView {
+                    peer_id: &r.peer_id,
+                    addrs: &r.addrs,
+                    memory_total: r.memory_total,
+                    memory_available: r.memory_available,
+                    compute_score: r.compute_score,
+                    cpu: &r.cpu,
+                    gpu: r.gpu.as_deref(),
+                    models: r
+                        .models
+                        .iter()
+                        .map(|m| ModelView {
+                            id: &m.id,
+                            n_layers: m.n_layers,
+                            bytes: m.bytes,
+                            arch: &m.arch,
+                        })
+                        .collect(),
+                    loaded: &r.loaded,
+                    files: &r.files,
+                    api_port: r.api_port,
+                    version: &r.software,
+                    connection: e.connection.as_str(),
+                    last_seen_ms: e.seen.elapsed().as_millis() as u64,
+                }
             })
             .collect();
-        let rings: serde_json::Map<String, serde_json::Value> = self
+        let rings = self
             .models()
-            .keys()
+            .into_keys()
             .filter_map(|m| {
-                let plan = self.plan(m).ok()?;
-                let stages: Vec<_> = plan
+                let plan = self.plan(&m).ok()?;
+                let stages = plan
                     .stages
-                    .iter()
-                    .map(|s| json!({"peer_id": s.peer, "start": s.layers.start, "end": s.layers.end}))
+                    .into_iter()
+                    .map(|s| RingStageView {
+                        peer_id: s.peer,
+                        start: s.layers.start,
+                        end: s.layers.end,
+                    })
                     .collect();
-                Some((m.clone(), json!(stages)))
+                Some((m, stages))
             })
             .collect();
-        json!({"peer_id": self.local, "nodes": nodes, "rings": rings})
+        TopologyView {
+            peer_id: &self.local,
+            nodes,
+            rings,
+        }
     }
+}
+
+/// The body of `GET /v1/topology`.
+#[derive(Debug, Serialize)]
+pub struct TopologyView<'a> {
+    /// This node.
+    pub peer_id: &'a NodeId,
+    pub nodes: Vec<NodeView<'a>>,
+    /// The ring a request for each model would use now.
+    pub rings: BTreeMap<String, Vec<RingStageView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView<'a> {
+    pub peer_id: &'a NodeId,
+    pub addrs: &'a [String],
+    pub memory_total: u64,
+    pub memory_available: u64,
+    pub compute_score: f32,
+    pub cpu: &'a str,
+    pub gpu: Option<&'a str>,
+    pub models: Vec<ModelView<'a>>,
+    pub loaded: &'a [LoadedShard],
+    pub files: &'a [FileOffer],
+    pub api_port: Option<u16>,
+    /// The node's software version.
+    pub version: &'a str,
+    /// `self`, `direct`, `relayed` or `none`.
+    pub connection: &'static str,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelView<'a> {
+    pub id: &'a str,
+    pub n_layers: u32,
+    pub bytes: u64,
+    pub arch: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RingStageView {
+    pub peer_id: NodeId,
+    pub start: u32,
+    pub end: u32,
 }
 
 #[cfg(test)]
@@ -244,7 +302,7 @@ mod tests {
     use super::*;
 
     fn record(peer: &str, mem: u64, models: &[&str]) -> CapabilityRecord {
-        let mut r = CapabilityRecord::new(peer.into());
+        let mut r = CapabilityRecord::new(peer);
         r.memory_total = mem;
         r.models = models
             .iter()
@@ -261,7 +319,7 @@ mod tests {
 
     #[test]
     fn plan_covers_nodes_serving_the_model() {
-        let mut t = Topology::new("a".into());
+        let mut t = Topology::new("a");
         t.upsert(record("a", 8, &["m"]), Connection::Local);
         t.upsert(record("b", 8, &["m"]), Connection::Direct);
         t.upsert(record("c", 8, &["other"]), Connection::Direct);
@@ -269,31 +327,53 @@ mod tests {
         assert_eq!(plan.stages.len(), 2);
         assert!(t.plan("missing").is_err());
         let without_b = t
-            .plan_excluding("m", &HashSet::from(["b".to_string()]))
+            .plan_excluding("m", &HashSet::from([NodeId::new("b")]))
             .unwrap();
         assert_eq!(without_b.stages.len(), 1);
-        let json = t.to_json();
+        let json = serde_json::to_value(t.view()).unwrap();
         assert_eq!(json["rings"]["m"][1]["end"], 24);
         assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+        // The shape the web page and users' scripts read.
+        assert_eq!(json["peer_id"], "a");
+        assert_eq!(json["rings"]["m"][0]["peer_id"], "a");
+        let a = &json["nodes"][0];
+        assert_eq!(
+            (&a["peer_id"], &a["connection"]),
+            (&"a".into(), &"self".into())
+        );
+        assert_eq!(a["models"][0]["id"], "m");
+        assert_eq!(a["models"][0]["n_layers"], 24);
+        assert!(a["models"][0].get("layer_bytes").is_none());
+        for key in [
+            "addrs",
+            "memory_total",
+            "loaded",
+            "files",
+            "api_port",
+            "version",
+            "last_seen_ms",
+        ] {
+            assert!(a.get(key).is_some(), "{key} missing from {a}");
+        }
     }
 
     #[test]
     fn plans_that_do_not_fit_in_memory_are_refused() {
-        let mut t = Topology::new("a".into());
+        let mut t = Topology::new("a");
         let mut a = record("a", 100, &["m"]);
         a.models[0].bytes = 150;
         t.upsert(a, Connection::Local);
         t.upsert(record("b", 100, &["m"]), Connection::Direct);
         assert!(t.plan("m").is_ok());
         let err = t
-            .plan_excluding("m", &HashSet::from(["b".to_string()]))
+            .plan_excluding("m", &HashSet::from([NodeId::new("b")]))
             .unwrap_err();
         assert!(err.to_string().contains("not enough memory"), "{err}");
     }
 
     #[test]
     fn stale_records_expire_but_not_our_own() {
-        let mut t = Topology::new("a".into());
+        let mut t = Topology::new("a");
         t.upsert(record("a", 8, &["m"]), Connection::Local);
         t.upsert(record("b", 8, &["m"]), Connection::Direct);
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -304,7 +384,7 @@ mod tests {
 
     #[test]
     fn older_records_do_not_replace_newer_ones() {
-        let mut t = Topology::new("a".into());
+        let mut t = Topology::new("a");
         let mut r = record("b", 8, &["m"]);
         r.seq = 5;
         t.upsert(r.clone(), Connection::Direct);

@@ -8,7 +8,7 @@ use std::{
 
 use exo_protocol::{
     capability::MAX_RECORD_BYTES, decode, encode, ActivationResponse, CapabilityRecord, ErrorKind,
-    FileRequest, FileResponse, FileResponseBody,
+    FileRequest, FileResponse, FileResponseBody, NodeId,
 };
 use futures::StreamExt;
 use libp2p::{
@@ -156,7 +156,7 @@ pub struct EventLoop {
     tailscale: Option<u16>,
     private: bool,
     /// Last sequence number seen per peer, so replayed records are ignored after a removal.
-    seen_seq: HashMap<String, u64>,
+    seen_seq: HashMap<NodeId, u64>,
     warned_versions: HashSet<String>,
     started: Instant,
 }
@@ -761,7 +761,7 @@ impl EventLoop {
             }
         };
         // Records are signed by their author; a node may only describe itself.
-        if message.source.map(|s| s.to_string()) != Some(record.peer_id.clone()) {
+        if message.source.map(|s| s.to_string()).as_deref() != Some(record.peer_id.as_str()) {
             tracing::warn!(claimed = %record.peer_id, "ignoring a capability record published by another peer");
             return;
         }

@@ -11,11 +11,12 @@ use exo_engine::{
 };
 use exo_protocol::{
     ActivationRequest, ActivationResponse, CapabilityRecord, ErrorKind, LayerRange, LoadedShard,
-    Outcome, Payload,
+    NodeId, Outcome, Payload,
 };
 use libp2p::PeerId;
 use tokio::sync::Mutex;
 
+use super::transport::StageTransport;
 use crate::{
     files,
     metrics::Metrics,
@@ -24,7 +25,8 @@ use crate::{
 };
 
 pub struct ShardHost {
-    local: PeerId,
+    /// This node, as plans name it.
+    local: NodeId,
     client: Client,
     models: Arc<ModelRegistry>,
     /// Fetches the weight files of a layer range before it is loaded.
@@ -44,7 +46,7 @@ fn overlap(a: LayerRange, b: LayerRange) -> u32 {
     a.end.min(b.end).saturating_sub(a.start.max(b.start))
 }
 
-fn engine_error(peer: &PeerId, e: EngineError) -> ActivationResponse {
+fn engine_error(peer: &NodeId, e: EngineError) -> ActivationResponse {
     let kind = match &e {
         EngineError::Busy(_) => ErrorKind::Busy,
         EngineError::ContextFull { .. } => ErrorKind::ContextFull,
@@ -52,7 +54,7 @@ fn engine_error(peer: &PeerId, e: EngineError) -> ActivationResponse {
         EngineError::MissingCache { .. } => ErrorKind::CacheMissing,
         _ => ErrorKind::Compute,
     };
-    ActivationResponse::error(kind, peer.to_string(), e.to_string())
+    ActivationResponse::error(kind, peer.clone(), e.to_string())
 }
 
 impl ShardHost {
@@ -64,7 +66,7 @@ impl ShardHost {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            local: client.local_peer_id(),
+            local: client.local_peer_id().to_string().into(),
             client,
             models,
             fetcher,
@@ -73,10 +75,6 @@ impl ShardHost {
             shards: Mutex::new(HashMap::new()),
             metrics,
         }
-    }
-
-    pub fn local(&self) -> PeerId {
-        self.local
     }
 
     pub fn models(&self) -> &Arc<ModelRegistry> {
@@ -146,7 +144,7 @@ impl ShardHost {
         if let Some(r) = self.current(model, range).await {
             return Ok(r);
         }
-        let fail = |kind, msg: String| ActivationResponse::error(kind, self.local.to_string(), msg);
+        let fail = |kind, msg: String| ActivationResponse::error(kind, self.local.clone(), msg);
         let (path, hub) = self
             .models
             .get(model)
@@ -203,8 +201,8 @@ impl ShardHost {
     }
 
     /// Runs a frame addressed to this node and returns the ring's answer.
-    pub async fn handle(self: &Arc<Self>, req: ActivationRequest) -> ActivationResponse {
-        let local = self.local.to_string();
+    pub async fn handle(&self, req: ActivationRequest) -> ActivationResponse {
+        let local = self.local.clone();
         let bad =
             |msg: String| ActivationResponse::error(ErrorKind::BadRequest, local.clone(), msg);
         if let Err(e) = req.plan.validate() {
@@ -287,19 +285,19 @@ impl ShardHost {
     }
 
     /// Sends a frame to the stage it names: this node, or a peer over the network.
-    pub async fn send_stage(self: &Arc<Self>, req: ActivationRequest) -> ActivationResponse {
+    pub async fn send_stage(&self, req: ActivationRequest) -> ActivationResponse {
         let Some(stage) = req.plan.stages.get(req.stage as usize) else {
             return ActivationResponse::error(
                 ErrorKind::BadRequest,
-                self.local.to_string(),
+                self.local.clone(),
                 "stage out of range",
             );
         };
-        if stage.peer == self.local.to_string() {
+        if stage.peer == self.local {
             return Box::pin(self.handle(req)).await;
         }
         let peer_str = stage.peer.clone();
-        let Ok(peer) = peer_str.parse::<PeerId>() else {
+        let Ok(peer) = peer_str.as_str().parse::<PeerId>() else {
             return ActivationResponse::error(
                 ErrorKind::BadRequest,
                 peer_str,
@@ -312,10 +310,22 @@ impl ShardHost {
         } + 4 * req.tokens.len() as u64;
         let started = std::time::Instant::now();
         let result = self.client.request(peer, req).await;
-        self.metrics.hop(&peer_str, started.elapsed(), bytes);
+        self.metrics
+            .hop(peer_str.as_str(), started.elapsed(), bytes);
         match result {
             Ok(resp) => resp,
             Err(e) => ActivationResponse::error(ErrorKind::Unreachable, peer_str, e.to_string()),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl StageTransport for ShardHost {
+    fn local(&self) -> NodeId {
+        self.local.clone()
+    }
+
+    async fn send(&self, req: ActivationRequest) -> ActivationResponse {
+        self.send_stage(req).await
     }
 }
