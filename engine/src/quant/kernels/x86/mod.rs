@@ -104,6 +104,7 @@ macro_rules! sweep_k {
 }
 
 mod avx512;
+mod avx512_kq;
 mod quants;
 mod repack;
 mod simd;
