@@ -453,7 +453,7 @@ pub(crate) fn matmul_kq(
     match (ty, &acts.data) {
         // Prompts: the 512-bit tiles over decoded weights; leftover rows in 256-bit tiles.
         (WeightType::Q4K, ActData::Q8K(a)) if m >= PREDECODE_MIN_ROWS => {
-            let t = avx512_kq::ActSide::new(&a.rows, m, nb, true);
+            let t = super::kq_prompt::ActSide::new(&a.rows, m, nb, true, true);
             let rest = |w: &[BlockQ4K], a: &[BlockQ8K], m: usize, o: OutPtr| unsafe {
                 super::e_evex::q4k_lanes(w, a, nb, m, o)
             };
@@ -468,7 +468,7 @@ pub(crate) fn matmul_kq(
             );
         }
         (WeightType::Q6K, ActData::Q8K(a)) if m >= PREDECODE_MIN_ROWS => {
-            let t = avx512_kq::ActSide::new(&a.rows, m, nb, false);
+            let t = super::kq_prompt::ActSide::new(&a.rows, m, nb, false, true);
             let rest = |w: &[BlockQ6K], a: &[BlockQ8K], m: usize, o: OutPtr| unsafe {
                 super::e_evex::k_lanes(w, a, nb, m, o)
             };

@@ -12,7 +12,8 @@
 use std::arch::x86_64::*;
 
 use super::super::super::{blocks::*, OutPtr};
-use super::quants::{DecodedK, KBlock};
+use super::kq_prompt::{ActSide, PromptK};
+use super::quants::DecodedK;
 use super::simd::hsum8;
 
 /// Activation rows per tile (a multiple of four: Q4_K's mins take four rows per zmm).
@@ -20,70 +21,7 @@ const RA: usize = 8;
 /// Weight rows per tile.
 const RW: usize = 2;
 /// Weight rows decoded together (552 bytes per super-block; a panel stays in the L2 cache).
-const PANEL: usize = 48;
-
-/// The two k-quants with a prompt kernel here.
-pub(crate) trait PromptK: KBlock {
-    /// Q4_K: mins against the activations' 32-sums in four lanes of their own. Otherwise
-    /// (Q6_K): `-32 * scale * 16-sums` taken off the integer lanes.
-    const Q4K: bool;
-}
-impl PromptK for BlockQ4K {
-    const Q4K: bool = true;
-}
-impl PromptK for BlockQ6K {
-    const Q4K: bool = false;
-}
-
-/// The activations as the tiles read them, block-major so that what a tile needs of one
-/// block is side by side.
-pub(crate) struct ActSide {
-    m: usize,
-    /// Quants of row pairs: `[b * (m / 2) + h]` holds chunk `c` of rows `2h` and `2h + 1` in
-    /// bytes `64c..64c + 32` and `64c + 32..64c + 64`.
-    qs: Vec<[i8; 512]>,
-    /// Scales, `[b * m + i]`.
-    d: Vec<f32>,
-    /// The 16-sums (Q6_K), `[b * m + i]`.
-    bs16: Vec<[i16; 16]>,
-    /// Sums of pairs of 16-sums, as ggml's `_mm_hadd_epi16` forms them (Q4_K), `[b * m + i]`.
-    bs32: Vec<[i16; 8]>,
-}
-
-impl ActSide {
-    pub(crate) fn new(a: &[BlockQ8K], m: usize, nb: usize, q4k: bool) -> Self {
-        let mut s = ActSide {
-            m,
-            qs: Vec::with_capacity(m / 2 * nb),
-            d: Vec::with_capacity(m * nb),
-            bs16: Vec::new(),
-            bs32: Vec::new(),
-        };
-        for b in 0..nb {
-            for h in 0..m / 2 {
-                let (x, y) = (&a[2 * h * nb + b].qs, &a[(2 * h + 1) * nb + b].qs);
-                let mut q = [0i8; 512];
-                for c in 0..8 {
-                    q[64 * c..64 * c + 32].copy_from_slice(&x[32 * c..32 * c + 32]);
-                    q[64 * c + 32..64 * c + 64].copy_from_slice(&y[32 * c..32 * c + 32]);
-                }
-                s.qs.push(q);
-            }
-            for i in 0..m {
-                let blk = &a[i * nb + b];
-                s.d.push(blk.d);
-                if q4k {
-                    s.bs32.push(std::array::from_fn(|j| {
-                        blk.bsums[2 * j] + blk.bsums[2 * j + 1]
-                    }));
-                } else {
-                    s.bs16.push(blk.bsums);
-                }
-            }
-        }
-        s
-    }
-}
+pub(super) const PANEL: usize = 48;
 
 /// An `RW x RA` tile: weight rows `w[r * nb..]` (decoded) against activation rows
 /// `i0..i0 + RA` of `t`.
@@ -214,34 +152,7 @@ pub(crate) unsafe fn chunk<B: PromptK>(
     o: OutPtr,
     rest: &dyn Fn(&[B], &[BlockQ8K], usize, OutPtr),
 ) {
-    let rows = w.len() / nb;
-    let full_w = rows - rows % RW;
-    let full_a = m - m % RA;
-    let mut dec = Vec::new();
-    for j0 in (0..full_w).step_by(PANEL) {
-        let j1 = (j0 + PANEL).min(full_w);
-        dec.clear();
-        dec.extend(w[j0 * nb..j1 * nb].iter().map(|b| DecodedK::of(b)));
-        for i in (0..full_a).step_by(RA) {
-            for j in (0..j1 - j0).step_by(RW) {
-                let v = tile::<B>(&dec[j * nb..], t, i, nb);
-                for r in 0..RW {
-                    for ii in 0..RA {
-                        o.set(i + ii, j0 + j + r, v[r][ii]);
-                    }
-                }
-            }
-        }
-    }
-    if full_a < m && full_w > 0 {
-        rest(
-            &w[..full_w * nb],
-            &a[full_a * nb..],
-            m - full_a,
-            o.offset_rows(full_a),
-        );
-    }
-    if full_w < rows {
-        rest(&w[full_w * nb..], a, m, o.offset_cols(full_w));
-    }
+    sweep_prompt!(RW, RA, PANEL, w, a, nb, m, o, rest, |dec, i| tile::<B>(
+        dec, t, i, nb
+    ))
 }
