@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::super::super::{blocks::*, OutPtr};
-use super::kq_prompt::{ActSide, PromptK};
+use super::kq_prompt::{ActSide, PromptK, Rest};
 use super::quants::DecodedK;
 use super::simd::hsum8;
 
@@ -150,7 +150,7 @@ pub(crate) unsafe fn chunk<B: PromptK>(
     nb: usize,
     m: usize,
     o: OutPtr,
-    rest: &dyn Fn(&[B], &[BlockQ8K], usize, OutPtr),
+    rest: Rest<'_, B>,
 ) {
     sweep_prompt!(RW, RA, PANEL, w, a, nb, m, o, rest, |dec, i| tile::<B>(
         dec, t, i, nb

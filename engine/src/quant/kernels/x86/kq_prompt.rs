@@ -14,6 +14,10 @@ use super::super::super::{blocks::*, OutPtr};
 use super::quants::{DecodedK, KBlock};
 use super::simd::{hsum8, Dot};
 
+/// Where a prompt chunk sends the rows that do not fill its tiles: `rest(weights,
+/// activations, activation rows, out)`, the `vec_dot` tiles of the same numerics.
+pub(crate) type Rest<'a, B> = &'a dyn Fn(&[B], &[BlockQ8K], usize, OutPtr);
+
 /// The two k-quants with a prompt kernel here.
 pub(crate) trait PromptK: KBlock {
     /// Q4_K: mins against the activations' 32-sums in four lanes of their own. Otherwise
@@ -184,7 +188,7 @@ pub(super) unsafe fn chunk<B: PromptK, D: Dot>(
     nb: usize,
     m: usize,
     o: OutPtr,
-    rest: &dyn Fn(&[B], &[BlockQ8K], usize, OutPtr),
+    rest: Rest<'_, B>,
 ) {
     sweep_prompt!(
         RW,

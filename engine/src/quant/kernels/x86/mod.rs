@@ -199,7 +199,7 @@ macro_rules! entries {
                 nb: usize,
                 m: usize,
                 o: OutPtr,
-                rest: &dyn Fn(&[B], &[BlockQ8K], usize, OutPtr),
+                rest: kq_prompt::Rest<'_, B>,
             ) {
                 kq_prompt::chunk::<B, $d>(w, a, t, nb, m, o, rest)
             }
