@@ -46,7 +46,7 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let shapes = [
+    let mut shapes = vec![
         (WeightType::Q5_0, 4864, 896),
         (WeightType::Q8_0, 896, 896),
         (WeightType::Q4K, 896, 4864),
@@ -60,6 +60,15 @@ fn main() {
         // The output head: larger than any cache, so this one measures memory bandwidth.
         (WeightType::Q8_0, 151936, 896),
     ];
+    // EXO_BENCH_SHAPE=TYPE,n,k measures one more shape (e.g. to tell cache effects apart).
+    if let Ok(v) = std::env::var("EXO_BENCH_SHAPE") {
+        let p: Vec<&str> = v.split(',').collect();
+        let ty = WeightType::ALL
+            .into_iter()
+            .find(|t| format!("{t:?}") == p[0])
+            .expect("a weight type");
+        shapes.insert(0, (ty, p[1].parse().unwrap(), p[2].parse().unwrap()));
+    }
     for (ty, n, k) in shapes {
         if let Some(f) = &filter {
             if !format!("{ty:?}").contains(f.as_str()) {
@@ -72,6 +81,9 @@ fn main() {
         };
         let dtype = ty;
         for m in [1usize, 128] {
+            if std::env::var("EXO_BENCH_PROMPT_ONLY").is_ok() && m == 1 {
+                continue;
+            }
             if n > 100_000 && m > 1 {
                 continue;
             }

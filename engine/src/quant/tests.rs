@@ -535,6 +535,40 @@ fn kernels_on_model_shapes() {
 }
 
 #[test]
+fn k_quant_prompt_tiles_match_reference() {
+    // Prompts on Q4_K / Q6_K: 512-bit tiles over decoded weights, with weight rows and
+    // activation rows that do not fill a tile (or a decoded panel) left to the 256-bit tiles.
+    for (ty, n, j, m, seed) in [
+        (WeightType::Q4K, 3, 1, 8, 1),
+        (WeightType::Q4K, 50, 3, 12, 2),
+        (WeightType::Q4K, 101, 2, 23, 3),
+        (WeightType::Q4K, 7, 6, 37, 4),
+        (WeightType::Q6K, 3, 1, 8, 5),
+        (WeightType::Q6K, 50, 3, 14, 6),
+        (WeightType::Q6K, 101, 2, 21, 7),
+        (WeightType::Q6K, 7, 6, 40, 8),
+    ] {
+        check_kernels(ty, n, j, m, seed).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn k_quant_prompts_match_reference(
+        q6 in any::<bool>(),
+        n in 1usize..70,
+        j in 1usize..5,
+        m in 8usize..30,
+        seed: u64,
+    ) {
+        let ty = if q6 { WeightType::Q6K } else { WeightType::Q4K };
+        check_kernels(ty, n, j, m, seed)?;
+    }
+}
+
+#[test]
 fn matches_candle_within_float_tolerance() {
     // End to end through tensors, against candle's own quantized matmul.
     if cfg!(target_arch = "aarch64") && !Isa::NeonDotprod.supported() {

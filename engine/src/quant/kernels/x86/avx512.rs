@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 use super::super::super::{blocks::*, run_chunks, ActData, Activations, OutPtr, WeightType};
 use super::quants::{acc, chunk_w32, Rows, A32, KVALUES_IQ4NL_U, W32};
 use super::simd::{hsum8, prefetch_slice, VnniEvex};
+use super::{avx512_kq, quants::PREDECODE_MIN_ROWS};
 
 /// Two weight blocks (rows `r` and `r+1`) as unsigned bytes: row `r` in the low 256 bits.
 pub(crate) trait W32x2: W32 {
@@ -450,6 +451,37 @@ pub(crate) fn matmul_kq(
 ) -> bool {
     let m = acts.m;
     match (ty, &acts.data) {
+        // Prompts: the 512-bit tiles over decoded weights; leftover rows in 256-bit tiles.
+        (WeightType::Q4K, ActData::Q8K(a)) if m >= PREDECODE_MIN_ROWS => {
+            let t = super::kq_prompt::ActSide::new(&a.rows, m, nb, true, true);
+            let rest = |w: &[BlockQ4K], a: &[BlockQ8K], m: usize, o: OutPtr| unsafe {
+                super::e_evex::q4k_lanes(w, a, nb, m, o)
+            };
+            run_chunks(
+                cast::<BlockQ4K>(bytes),
+                n,
+                nb,
+                &a.rows,
+                m,
+                out,
+                &|w, a, nb, m, o| unsafe { avx512_kq::chunk(w, a, &t, nb, m, o, &rest) },
+            );
+        }
+        (WeightType::Q6K, ActData::Q8K(a)) if m >= PREDECODE_MIN_ROWS => {
+            let t = super::kq_prompt::ActSide::new(&a.rows, m, nb, false, true);
+            let rest = |w: &[BlockQ6K], a: &[BlockQ8K], m: usize, o: OutPtr| unsafe {
+                super::e_evex::k_lanes(w, a, nb, m, o)
+            };
+            run_chunks(
+                cast::<BlockQ6K>(bytes),
+                n,
+                nb,
+                &a.rows,
+                m,
+                out,
+                &|w, a, nb, m, o| unsafe { avx512_kq::chunk(w, a, &t, nb, m, o, &rest) },
+            );
+        }
         (WeightType::Q6K, ActData::Q8K(a)) => {
             let w = cast::<BlockQ6K>(bytes);
             // SAFETY: the caller checked the CPU.

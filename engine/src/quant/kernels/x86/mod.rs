@@ -103,7 +103,52 @@ macro_rules! sweep_k {
     }};
 }
 
+/// Sweeps a chunk of Q4_K / Q6_K weights for a prompt: panels of rows decoded once, swept by
+/// `$body` (an `RW x RA` tile of decoded rows `$dec` against activation rows `$i..`); rows
+/// that do not fill a tile go to `$rest`. Textual, so the tile inlines into the caller's
+/// target features.
+macro_rules! sweep_prompt {
+    ($rw:expr, $ra:expr, $panel:expr, $w:expr, $a:expr, $nb:expr, $m:expr, $o:expr, $rest:expr,
+     |$dec:ident, $i:ident| $body:expr) => {{
+        let (w, a, nb, m, o) = ($w, $a, $nb, $m, $o);
+        let rows = w.len() / nb;
+        let full_w = rows - rows % $rw;
+        let full_a = m - m % $ra;
+        let mut decoded = Vec::new();
+        for j0 in (0..full_w).step_by($panel) {
+            let j1 = (j0 + $panel).min(full_w);
+            decoded.clear();
+            decoded.extend(w[j0 * nb..j1 * nb].iter().map(|b| DecodedK::of(b)));
+            for $i in (0..full_a).step_by($ra) {
+                for j in (0..j1 - j0).step_by($rw) {
+                    let $dec = &decoded[j * nb..];
+                    let v = $body;
+                    for r in 0..$rw {
+                        for ii in 0..$ra {
+                            // SAFETY: inside this chunk's columns and the output rows.
+                            o.set($i + ii, j0 + j + r, v[r][ii]);
+                        }
+                    }
+                }
+            }
+        }
+        if full_a < m && full_w > 0 {
+            $rest(
+                &w[..full_w * nb],
+                &a[full_a * nb..],
+                m - full_a,
+                o.offset_rows(full_a),
+            );
+        }
+        if full_w < rows {
+            $rest(&w[full_w * nb..], a, m, o.offset_cols(full_w));
+        }
+    }};
+}
+
 mod avx512;
+mod avx512_kq;
+mod kq_prompt;
 mod quants;
 mod repack;
 mod simd;
@@ -143,6 +188,20 @@ macro_rules! entries {
                 o: OutPtr,
             ) {
                 chunk_q4k_lanes::<$d>(w, a, nb, m, o)
+            }
+            /// Q4_K and Q6_K prompts (not used at the AVX-512 level, whose own tiles take them).
+            #[allow(dead_code)]
+            #[target_feature(enable = $features)]
+            pub unsafe fn kq_prompt<B: kq_prompt::PromptK>(
+                w: &[B],
+                a: &[BlockQ8K],
+                t: &kq_prompt::ActSide,
+                nb: usize,
+                m: usize,
+                o: OutPtr,
+                rest: kq_prompt::Rest<'_, B>,
+            ) {
+                kq_prompt::chunk::<B, $d>(w, a, t, nb, m, o, rest)
             }
             /// Q2_K, Q3_K, Q6_K, IQ4_XS.
             #[target_feature(enable = $features)]
@@ -227,6 +286,56 @@ macro_rules! kq {
     }};
 }
 
+/// Q4_K / Q6_K prompts with 256-bit tiles ([`kq_prompt`]); leftover rows in the `vec_dot` tiles.
+fn kq_prompt<B: kq_prompt::PromptK + KRest>(
+    isa: Isa,
+    bytes: &[u8],
+    n: usize,
+    nb: usize,
+    a: &[BlockQ8K],
+    m: usize,
+    out: &mut [f32],
+) {
+    let t = kq_prompt::ActSide::new(a, m, nb, B::Q4K, false);
+    let w = cast::<B>(bytes);
+    // SAFETY (all arms): `isa` was checked against the CPU by the caller.
+    if isa >= Isa::AvxVnni {
+        let rest =
+            |w: &[B], a: &[BlockQ8K], m: usize, o: OutPtr| unsafe { B::rest_vnni(w, a, nb, m, o) };
+        run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
+            e_vnni::kq_prompt(w, a, &t, nb, m, o, &rest)
+        });
+    } else {
+        let rest =
+            |w: &[B], a: &[BlockQ8K], m: usize, o: OutPtr| unsafe { B::rest_avx2(w, a, nb, m, o) };
+        run_chunks(w, n, nb, a, m, out, &|w, a, nb, m, o| unsafe {
+            e_avx2::kq_prompt(w, a, &t, nb, m, o, &rest)
+        });
+    }
+}
+
+/// The `vec_dot` tiles of a prompt type, for the rows its prompt tiles leave.
+trait KRest: Sized {
+    unsafe fn rest_vnni(w: &[Self], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr);
+    unsafe fn rest_avx2(w: &[Self], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr);
+}
+impl KRest for BlockQ4K {
+    unsafe fn rest_vnni(w: &[Self], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
+        e_vnni::q4k_lanes(w, a, nb, m, o)
+    }
+    unsafe fn rest_avx2(w: &[Self], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
+        e_avx2::q4k_lanes(w, a, nb, m, o)
+    }
+}
+impl KRest for BlockQ6K {
+    unsafe fn rest_vnni(w: &[Self], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
+        e_vnni::k_lanes(w, a, nb, m, o)
+    }
+    unsafe fn rest_avx2(w: &[Self], a: &[BlockQ8K], nb: usize, m: usize, o: OutPtr) {
+        e_avx2::k_lanes(w, a, nb, m, o)
+    }
+}
+
 /// Runs the SIMD kernel for `ty` if there is one; false otherwise.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
@@ -270,6 +379,12 @@ pub(crate) fn matmul(
         }
         (WeightType::Q5K, ActData::Q8K(a)) => {
             kq!(q5k, BlockQ5K, isa, bytes, n, nb, &a.rows, m, out)
+        }
+        (WeightType::Q4K, ActData::Q8K(a)) if m >= PREDECODE_MIN_ROWS => {
+            kq_prompt::<BlockQ4K>(isa, bytes, n, nb, &a.rows, m, out)
+        }
+        (WeightType::Q6K, ActData::Q8K(a)) if m >= PREDECODE_MIN_ROWS => {
+            kq_prompt::<BlockQ6K>(isa, bytes, n, nb, &a.rows, m, out)
         }
         (WeightType::Q4K, ActData::Q8K(a)) => {
             kq!(q4k_lanes, BlockQ4K, isa, bytes, n, nb, &a.rows, m, out)

@@ -858,11 +858,11 @@ impl KView for IQ4XSView {
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 pub(crate) struct DecodedK<B> {
-    u: [[u8; 32]; 8],
-    sc: [[i16; 16]; 8],
-    extra: [i16; 16],
-    d: f32,
-    dmin: f32,
+    pub(super) u: [[u8; 32]; 8],
+    pub(super) sc: [[i16; 16]; 8],
+    pub(super) extra: [i16; 16],
+    pub(super) d: f32,
+    pub(super) dmin: f32,
     _b: std::marker::PhantomData<B>,
 }
 
