@@ -13,6 +13,8 @@
 #   scripts/build-release.sh --arch aarch64    # only the aarch64 binary (generic armv8-a; the
 #                                              # NEON kernels pick dotprod/i8mm at run time)
 #   scripts/build-release.sh --image           # also build the container image from it
+#   BASE=localhost/exo-base:bookworm-arm64 scripts/build-release.sh --arch aarch64 --image
+#                                              # the arm64 image (base: container-base.sh --arch arm64)
 #
 # The aarch64 cross build needs Debian's gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu and
 # libc6-dev-arm64-cross, and `rustup target add aarch64-unknown-linux-gnu` (.cargo/config.toml
@@ -110,7 +112,16 @@ if $image; then
   fmt=()
   [[ $runtime == podman ]] && fmt=(--format docker)  # keep the HEALTHCHECK
   platform=()
-  [[ ${archs[0]} == aarch64 ]] && platform=(--platform linux/arm64)
+  if [[ ${archs[0]} == aarch64 ]]; then
+    platform=(--platform linux/arm64)
+    # The image's RUN steps execute arm64 binaries: on another host, through qemu-user
+    # registered with binfmt_misc (scripts/container-base.sh --arch arm64 registers it and
+    # makes a local arm64 base: BASE=localhost/exo-base:bookworm-arm64).
+    if [[ $host != aarch64 && ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+      echo "no qemu-aarch64 in binfmt_misc: run scripts/container-base.sh --arch arm64 first" >&2
+      exit 1
+    fi
+  fi
   "$runtime" build "${fmt[@]}" "${platform[@]}" -f deploy/Dockerfile --target prebuilt \
     ${BASE:+--build-arg "BASE=$BASE"} -t "$tag" "$out/$name" >&2
   echo "image $tag" >&2

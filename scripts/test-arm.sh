@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The aarch64 build, tested on this (x86-64) machine under qemu-user:
 #   1. the engine's library tests for quantization (NEON kernels against the scalar models of
-#      ggml's ARM kernels, bit for bit, at every level the CPU has) on three emulated CPUs:
-#      cortex-a72 (NEON only), cortex-a76 (+dotprod) and max (+dotprod +i8mm);
+#      ggml's ARM kernels, bit for bit, at every level the CPU has) and for ggml's float vector
+#      code (NEON expf, softmax sums, SwiGLU, f16 dot, tiled attention: against their scalar
+#      models) on three emulated CPUs: cortex-a72 (NEON only), cortex-a76 (+dotprod) and max
+#      (+dotprod +i8mm);
 #   2. greedy decoding of both test models with the engine's `greedy` example cross-built for
 #      aarch64, at each kernel level (EXO_QUANT_ISA=neon, dotprod, i8mm on qemu's max CPU, and
 #      a real NEON-only CPU, cortex-a72): the token ids must equal the x86 build's (with
@@ -20,7 +22,9 @@
 # Needs: the Rust target (`rustup target add aarch64-unknown-linux-gnu`), Debian's
 # gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user-static
 # (.ci/run installs them). Linker, runner and cross compilers are set in .cargo/config.toml.
-# Environment: EXO_TEST_MODELS (default ~/.cache/exo-p2p/test-models), ARM_GEN_TOKENS (default 8).
+# Environment: EXO_TEST_MODELS (default ~/.cache/exo-p2p/test-models), ARM_GEN_TOKENS (default 8),
+# ARM_EXO_P2P (step 3's aarch64 exo-p2p, e.g. the one scripts/build-release.sh --arch aarch64
+# made; default: cross-built here with the dev profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-gnu
@@ -53,8 +57,9 @@ built() {
 }
 bin=$(built test --target "$target" -p exo-engine --lib --no-run)
 for cpu in max cortex-a76 cortex-a72; do
-  step "engine quantization tests on qemu -cpu $cpu"
-  QEMU_CPU=$cpu timeout 600 "${qemu[@]}" "$bin" quant:: --test-threads 2
+  step "engine quantization and float vector tests on qemu -cpu $cpu"
+  QEMU_CPU=$cpu timeout 600 "${qemu[@]}" "$bin" --test-threads 2 \
+    quant:: ggml_vec:: attention:: attention_tiled:: ops:: layers::moe::
 done
 [[ $mode == --kernels ]] && exit 0
 
@@ -102,8 +107,14 @@ done
 [[ $mode == --full ]] || exit $fail
 
 # 3. The binary, against the x86 build.
-step "building exo-p2p for $target and for this machine"
-arm=$(built build --target "$target" -p exo-p2p --bin exo-p2p)
+if [[ -n ${ARM_EXO_P2P:-} ]]; then
+  arm=$ARM_EXO_P2P
+  [[ -x $arm ]] || { echo "test-arm: ARM_EXO_P2P=$arm is not an executable" >&2; exit 1; }
+  step "exo-p2p for $target: $arm; building it for this machine"
+else
+  step "building exo-p2p for $target and for this machine"
+  arm=$(built build --target "$target" -p exo-p2p --bin exo-p2p)
+fi
 x86=$(built build -p exo-p2p --bin exo-p2p)
 for cpu in max:neon+dotprod+i8mm cortex-a76:neon+dotprod cortex-a72:neon; do
   want="kernels: ${cpu#*:}"

@@ -84,6 +84,14 @@ fn tile(
         // SAFETY: the CPU has the features.
         return unsafe { x86::tile(path, q, keys, values, p0, s, sink) };
     }
+    // NEON `ggml_v_expf`, four lanes at a time (the tile's width is a multiple of 4); the
+    // score and accumulator loops vectorize as they are (NEON and FMA are baseline).
+    #[cfg(target_arch = "aarch64")]
+    if path == VecPath::Neon {
+        return tile_body(path, q, keys, values, p0, s, sink, &|p: &mut [f32], m| {
+            crate::quant::arm_vec::exp_shifted(p, m);
+        });
+    }
     tile_body(path, q, keys, values, p0, s, sink, &|p: &mut [f32], m| {
         p.iter_mut().for_each(|x| *x = ggml_vec::expf(path, *x - m))
     })
@@ -261,6 +269,10 @@ mod x86 {
             VecPath::Avx512 => &|p: &mut [f32], m| {
                 p.iter_mut()
                     .for_each(|x| *x = ggml_vec::expf_avx512(*x - m))
+            },
+            VecPath::Neon => &|p: &mut [f32], m| {
+                p.iter_mut()
+                    .for_each(|x| *x = ggml_vec::expf(VecPath::Neon, *x - m))
             },
         };
         tile_body(path, q, keys, values, p0, s, sink, exp)

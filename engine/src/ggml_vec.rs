@@ -1,25 +1,45 @@
 //! ggml-cpu's float vector primitives with their exact numerics: the f16 dot product
 //! (`ggml_vec_dot_f16`), the vectorised `expf` (`ggml_v_expf`) and the sums of softmax tiles
 //! (`ggml_vec_soft_max_f32`). Each has a 256-bit form (AVX2 builds, and native builds on CPUs
-//! without AVX-512) and a 512-bit one, which group lanes and round differently; [`path`] picks
-//! the one a native llama.cpp build takes on this CPU, so results match it bit for bit.
+//! without AVX-512), a 512-bit one and a 128-bit NEON one (aarch64), which group lanes and round
+//! differently; [`path`] picks the one a native llama.cpp build takes on this CPU, so results
+//! match it bit for bit. On aarch64 the NEON code itself is in `quant::kernels::arm`
+//! (`vec.rs`, `f16.rs`); the functions here are its scalar models.
 
 use std::sync::OnceLock;
 
-/// Which of ggml-cpu's x86 float code paths is followed.
+/// Which of ggml-cpu's float code paths is followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VecPath {
     /// `__AVX2__ && __FMA__`: 8-lane vectors.
     Avx2,
     /// `__AVX512F__ && __AVX512DQ__`: 16-lane vectors.
     Avx512,
+    /// `__ARM_NEON && __aarch64__` (without SVE): 4-lane vectors.
+    Neon,
 }
 
-/// The path of a native build on this CPU: AVX-512 when it has AVX-512 F and DQ and
-/// `EXO_NO_AVX512` is not set (then it is llama.cpp's AVX2 build that matches).
+impl VecPath {
+    /// Lanes of the path's vectors: ggml's loops treat the values past the last whole vector
+    /// apart (libm's `expf`, sums in f64).
+    pub const fn lanes(self) -> usize {
+        match self {
+            VecPath::Avx2 => 8,
+            VecPath::Avx512 => 16,
+            VecPath::Neon => 4,
+        }
+    }
+}
+
+/// The path of a native build on this CPU: NEON on aarch64; on x86, AVX-512 when the CPU has
+/// AVX-512 F and DQ and `EXO_NO_AVX512` is not set (then it is llama.cpp's AVX2 build that
+/// matches).
 pub fn path() -> VecPath {
     static PATH: OnceLock<VecPath> = OnceLock::new();
     *PATH.get_or_init(|| {
+        if cfg!(target_arch = "aarch64") {
+            return VecPath::Neon;
+        }
         let off = std::env::var("EXO_NO_AVX512").is_ok_and(|s| !s.is_empty() && s != "0");
         #[cfg(target_arch = "x86_64")]
         if !off && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
@@ -34,11 +54,12 @@ pub fn path() -> VecPath {
 // expf
 
 /// `ggml_v_expf` (from ARM's optimized routines): a degree-5 polynomial on the reduced argument,
-/// scaled by 2^n, in the form of `path`. Not libm's `expf`.
+/// scaled by 2^n, in the form of `path`. Not libm's `expf`. The NEON form has the 256-bit one's
+/// constants, fused operations and rescaled branch (vec.h), so its lanes are [`expf_avx2`]'s.
 #[inline(always)]
 pub fn expf(path: VecPath, x: f32) -> f32 {
     match path {
-        VecPath::Avx2 => expf_avx2(x),
+        VecPath::Avx2 | VecPath::Neon => expf_avx2(x),
         VecPath::Avx512 => expf_avx512(x),
     }
 }
@@ -128,6 +149,13 @@ pub fn softmax_sum(path: VecPath, p: &[f32]) -> f64 {
                 .map(|v| reduce16(std::array::from_fn(|i| v[i])) as f64)
                 .sum()
         }
+        VecPath::Neon => {
+            debug_assert!(p.len().is_multiple_of(4));
+            // `vaddvq_f32`: `faddp` of the pairs, then of the two sums.
+            p.chunks_exact(4)
+                .map(|v| ((v[0] + v[1]) + (v[2] + v[3])) as f64)
+                .sum()
+        }
     }
 }
 
@@ -149,7 +177,10 @@ pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
     // ggml's NEON build has one form (`GGML_F32Cx4`: no FP16 vector arithmetic).
     #[cfg(target_arch = "aarch64")]
-    return dot_f16_4(x, y);
+    {
+        let (sum, np) = crate::quant::arm_f16::dot_f16_steps(x, y);
+        return tail_f64(&x[np..], &y[np..], sum as f64);
+    }
     #[allow(unreachable_code)]
     match path() {
         VecPath::Avx2 => {
@@ -168,6 +199,7 @@ pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
             }
             dot_f16_16(x, y)
         }
+        VecPath::Neon => dot_f16_4(x, y),
     }
 }
 
@@ -310,9 +342,10 @@ mod tests {
         for f in [dot_f16_4, dot_f16_8, dot_f16_16, dot_f16] {
             assert!((f(&x, &y) as f64 - exact).abs() < 1e-4);
         }
-        // An aarch64 build has the NEON form only, whatever `path` says.
+        // An aarch64 build has the NEON form only, whatever `path` says: the NEON loop
+        // (`quant::arm_f16::dot_f16_steps`) against its scalar model.
         #[cfg(target_arch = "aarch64")]
-        for n in [0, 3, 16, 64, 100] {
+        for n in [0, 3, 15, 16, 17, 64, 100, 128, 256, 1000] {
             let (x, y) = (values(n, n as u32), values(n, 3 * n as u32 + 1));
             assert_eq!(dot_f16(&x, &y).to_bits(), dot_f16_4(&x, &y).to_bits());
         }
@@ -393,5 +426,12 @@ mod tests {
         v[2] = -1.0;
         // (v0 + v4) + (v2 + v6) = (1 + 1e-8) - 1 = 0 in f32.
         assert_eq!(softmax_sum(VecPath::Avx2, &v), 0.0);
+        // NEON's `vaddvq_f32` pairs neighbours: ((1 + 0) + (-1 + 0)) + ((1e-8 + 0) + 0) in two
+        // vectors of four, summed in f64.
+        assert_eq!(softmax_sum(VecPath::Neon, &v), 1e-8f32 as f64);
+        assert!((softmax_sum(VecPath::Neon, &p) - exact).abs() < 1e-5);
+        assert_eq!(VecPath::Neon.lanes(), 4);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(path(), VecPath::Neon);
     }
 }

@@ -120,12 +120,18 @@ fn gelu_ggml(table: &[f16], x: f32) -> f32 {
 /// ggml's `swiglu` on one row: `x / (1 + exp(-x)) * g`, with `ggml_v_expf` over the whole
 /// vectors of the row and libm's `expf` for the leftover values past them.
 fn swiglu_row(path: VecPath, out: &mut [f32], gate: &[f32], up: &[f32]) {
-    let width = match path {
-        VecPath::Avx2 => 8,
-        VecPath::Avx512 => 16,
-    };
+    let width = path.lanes();
     let whole = gate.len() / width * width;
-    for ((o, &x), &g) in out.iter_mut().zip(gate).zip(up).take(whole) {
+    // aarch64: ggml's NEON loop itself (the same lanes as the scalar form below).
+    #[cfg(target_arch = "aarch64")]
+    let done = if path == VecPath::Neon {
+        crate::quant::arm_vec::swiglu(&mut out[..whole], &gate[..whole], &up[..whole])
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = 0;
+    for ((o, &x), &g) in out.iter_mut().zip(gate).zip(up).take(whole).skip(done) {
         *o = x / (1.0 + ggml_vec::expf(path, 0.0 - x)) * g;
     }
     for ((o, &x), &g) in out.iter_mut().zip(gate).zip(up).skip(whole) {
@@ -211,6 +217,35 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn swiglu_rows_are_ggml_vector_expf_then_libm_past_the_last_vector() {
+        // 37 values: whole vectors of every width, then a tail. On aarch64 the NEON path runs
+        // ggml's NEON loop, checked here against the scalar form bit for bit.
+        let n = 37;
+        let gate: Vec<f32> = (0..n).map(|i| (i as f32 - 18.0) * 0.45).collect();
+        let up: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.01).collect();
+        for path in [
+            ggml_vec::path(),
+            VecPath::Avx2,
+            VecPath::Avx512,
+            VecPath::Neon,
+        ] {
+            let mut out = vec![0f32; n];
+            swiglu_row(path, &mut out, &gate, &up);
+            let whole = n / path.lanes() * path.lanes();
+            for i in 0..n {
+                let x = gate[i];
+                let e = if i < whole {
+                    ggml_vec::expf(path, 0.0 - x)
+                } else {
+                    (-x).exp()
+                };
+                let want = x / (1.0 + e) * up[i];
+                assert_eq!(out[i].to_bits(), want.to_bits(), "{path:?} {i}: silu({x})");
+            }
+        }
     }
 
     #[test]

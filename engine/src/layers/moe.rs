@@ -11,7 +11,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{Linear, Mlp, Weights};
-use crate::ggml_vec::{self, VecPath};
+use crate::ggml_vec;
 use crate::ops::Activation;
 
 /// The router's settings, from the model's metadata.
@@ -191,10 +191,7 @@ fn route_one(logits: &[f32], spec: &MoeSpec) -> Vec<(usize, f32)> {
 /// multiplied by `1 / sum`.
 fn softmax_ggml(x: &[f32]) -> Vec<f32> {
     let path = ggml_vec::path();
-    let lanes = match path {
-        VecPath::Avx2 => 8,
-        VecPath::Avx512 => 16,
-    };
+    let lanes = path.lanes();
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let body = x.len() / lanes * lanes;
     let mut y: Vec<f32> = x.iter().map(|&v| ggml_vec::expf(path, v - max)).collect();

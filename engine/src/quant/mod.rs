@@ -24,6 +24,9 @@ mod kernels;
 /// NEON f16 helpers for attention and `ops` (see `kernels/arm/f16.rs`).
 #[cfg(target_arch = "aarch64")]
 pub(crate) use kernels::arm::f16 as arm_f16;
+/// NEON `expf`, softmax exponentials and SwiGLU for attention and `ops` (`kernels/arm/vec.rs`).
+#[cfg(target_arch = "aarch64")]
+pub(crate) use kernels::arm::vec as arm_vec;
 mod pool;
 pub mod reference;
 mod storage;

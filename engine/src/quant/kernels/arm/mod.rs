@@ -11,6 +11,7 @@
 //! * [`quants`]: the kernels;
 //! * [`act`]: the Q8_0 / Q8_1 activation quantizer;
 //! * [`f16`]: the f16 paths of attention and `vec_dot_f16`;
+//! * [`vec`]: `ggml_v_expf`, the softmax exponentials and SwiGLU (vec.h / vec.cpp);
 //! * [`reference`]: the scalar models.
 //!
 //! Nothing here is Linux-specific: features are detected with `is_aarch64_feature_detected!`,
@@ -27,6 +28,7 @@ pub(crate) mod reference;
 mod simd;
 #[cfg(test)]
 mod tests;
+pub(crate) mod vec;
 
 use super::super::{blocks::*, run_chunks, ActData, Activations, Isa, OutPtr, WeightType};
 use quants::*;
