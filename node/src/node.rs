@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use exo_engine::RunnerLimits;
-use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, NodeId, Plan};
+use exo_protocol::{ActivationResponse, CapabilityRecord, ErrorKind, Plan};
 use tokio::sync::watch;
 
 use exo_store::{
@@ -115,7 +115,7 @@ impl Node {
         };
 
         let (total, available) = sysinfo::memory();
-        let mut record = CapabilityRecord::new(client.local_peer_id().to_string());
+        let mut record = CapabilityRecord::new(client.local_node());
         record.memory_total = opts.memory.unwrap_or(total);
         record.memory_available = opts.memory.map_or(available, |m| m.min(available));
         record.compute_score = tokio::task::spawn_blocking(sysinfo::compute_score).await?;
@@ -204,7 +204,7 @@ impl Node {
 
     /// Waits until `n` other nodes serving `model`, and this node itself, are in the topology.
     pub async fn wait_for_peers(&self, model: &str, n: usize, timeout: Duration) -> Result<()> {
-        let local = NodeId::from(self.client.local_peer_id().to_string());
+        let local = self.client.local_node();
         let mut topo = self.topology.clone();
         let count = |t: &Topology| {
             t.serving(model)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use exo_protocol::{
-    ActivationRequest, ActivationResponse, CapabilityRecord, FileRequest, FileResponse,
+    ActivationRequest, ActivationResponse, CapabilityRecord, FileRequest, FileResponse, NodeId,
 };
 use libp2p::{
     identity::Keypair, pnet::PreSharedKey, request_response::ResponseChannel, Multiaddr, PeerId,
@@ -145,6 +145,11 @@ pub struct Client {
 impl Client {
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// This node as plans, records and frames name it.
+    pub fn local_node(&self) -> NodeId {
+        self.local.to_string().into()
     }
 
     async fn send(&self, cmd: Command) -> Result<(), NetError> {

@@ -66,7 +66,7 @@ impl ShardHost {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            local: client.local_peer_id().to_string().into(),
+            local: client.local_node(),
             client,
             models,
             fetcher,
@@ -297,7 +297,7 @@ impl ShardHost {
             return Box::pin(self.handle(req)).await;
         }
         let peer_str = stage.peer.clone();
-        let Ok(peer) = peer_str.as_str().parse::<PeerId>() else {
+        let Ok(peer) = peer_str.parse::<PeerId>() else {
             return ActivationResponse::error(
                 ErrorKind::BadRequest,
                 peer_str,
