@@ -275,17 +275,9 @@ fn load_client(url: &str, prompt: usize) -> LoadResult {
     r
 }
 
-#[test]
-fn a_hundred_concurrent_clients_complete_or_get_429_and_memory_returns() {
-    let model = test_model(GEMMA);
-    let expected: Vec<String> = PROMPTS.iter().map(|p| run_single(&model, p, 8)).collect();
-    let model = model.to_str().unwrap();
-    let (a, b) = pair(model, &["--memory", "8G"], &["--memory", "8G"]);
-    a.wait_peers(&[&b], Duration::from_secs(30));
-    // Warm up (shards loaded), then measure memory.
-    request(&a.url(""), "Hello", false).unwrap();
-    let before = (a.rss(), b.rss());
-
+/// A hundred clients at once against the API of `a`: every one completes with the uninterrupted
+/// text or gets a 429. Returns how many completed.
+fn hundred_client_burst(a: &Node, expected: &[String]) -> usize {
     let url = a.url("");
     let start = Instant::now();
     let results: Vec<LoadResult> = std::thread::scope(|s| {
@@ -332,15 +324,35 @@ fn a_hundred_concurrent_clients_complete_or_get_429_and_memory_returns() {
         percentile(&ttfts, 0.99),
         tokens as f64 / wall
     );
-    // The node keeps serving afterwards, and gives back what the load took.
+    completed.len()
+}
+
+#[test]
+fn a_hundred_concurrent_clients_complete_or_get_429_and_memory_returns() {
+    let model = test_model(GEMMA);
+    let expected: Vec<String> = PROMPTS.iter().map(|p| run_single(&model, p, 8)).collect();
+    let model = model.to_str().unwrap();
+    let (a, b) = pair(model, &["--memory", "8G"], &["--memory", "8G"]);
+    a.wait_peers(&[&b], Duration::from_secs(30));
+    // The first burst brings the batch scratch (logits and activations for a full batch) and the
+    // allocator's arenas to their peak; memory is measured from there, so the second, identical
+    // burst must give back all it takes: a leak per request or per stream shows as growth.
+    hundred_client_burst(&a, &expected);
+    request(&a.url(""), "Hello", false).unwrap();
+    let before = (a.rss(), b.rss());
+    hundred_client_burst(&a, &expected);
+    // The node keeps serving afterwards.
     request(&a.url(""), "Hello", false).unwrap();
     let after = (a.rss(), b.rss());
     eprintln!(
-        "RSS before {:?} MiB, after {:?} MiB",
+        "RSS after the first burst {:?} MiB, after the second {:?} MiB",
         (before.0 >> 20, before.1 >> 20),
         (after.0 >> 20, after.1 >> 20)
     );
     for (x, y) in [(before.0, after.0), (before.1, after.1)] {
-        assert!((y as f64) <= 1.10 * x as f64, "RSS grew from {x} to {y}");
+        assert!(
+            (y as f64) <= 1.05 * x as f64,
+            "RSS grew from {x} to {y} over an identical second burst"
+        );
     }
 }
