@@ -59,9 +59,18 @@ pub fn spec(src: &Source) -> Result<Spec> {
             1.0 / global_factor,
         ),
     ];
+    // Newer config.json files list each layer's kind in `layer_types` instead of a pattern.
+    let layer_types = match src.meta("layer_types") {
+        Some(crate::source::Meta::Json(v)) => v.as_array().cloned(),
+        _ => None,
+    };
     let layer_attn = (0..hp.n_layers)
         .map(|il| {
-            if pattern == 1 || il % pattern < pattern - 1 {
+            let sliding = match &layer_types {
+                Some(types) => types.get(il).and_then(|t| t.as_str()) != Some("full_attention"),
+                None => pattern == 1 || il % pattern < pattern - 1,
+            };
+            if sliding {
                 (0, Some(window))
             } else {
                 (1, None)
